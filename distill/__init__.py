@@ -1,0 +1,1 @@
+"""Step segmentation, hindsight contexts, teacher rescoring and advantage-shaping math."""

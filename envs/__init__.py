@@ -1,0 +1,43 @@
+"""Gymnasium text environments and the records they emit.
+
+Importing this package registers the built-in env ids with string entry points (the env modules
+and their heavy backends load only on ``gym.make``). It never imports torch.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking
+from stepgym.envs.data import DataNotFoundError, MalformedDataError, read_jsonl, resolve_data_dir
+from stepgym.envs.pool import EnvHost, EnvPool, EnvStep
+from stepgym.envs.records import JsonDict, StepRecord, TokenSequence, Trajectory
+from stepgym.envs.spaces import TextSpace
+
+__all__ = [
+    "BUILTIN_ENVS",
+    "DataNotFoundError",
+    "EnvHost",
+    "EnvPool",
+    "EnvStep",
+    "JsonDict",
+    "MalformedDataError",
+    "ParsedAction",
+    "StepRecord",
+    "TextEnv",
+    "TextSpace",
+    "TokenSequence",
+    "Trajectory",
+    "parse_tagged_action",
+    "read_jsonl",
+    "resolve_data_dir",
+    "strip_thinking",
+]
+
+BUILTIN_ENVS: dict[str, str] = {
+    # id: entry point  (one line per env; keep sorted)
+}
+"""Every env id stepgym registers, with its string entry point."""
+
+for _env_id, _entry_point in BUILTIN_ENVS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry_point)

@@ -1,0 +1,567 @@
+"""Run many text envs at once with ragged episodes, in-process, in worker processes or on Ray.
+
+One interface, three backends. The envs of a pool live in *hosts* (:class:`EnvHost`): one host in
+the main process (``inprocess``), one per worker process (``process``) or one per Ray actor
+(``ray``). Episodes are ragged: :meth:`EnvPool.step` takes actions only for the envs that are
+still running, and a finished env waits until it is reset (no Gymnasium vector auto-reset).
+
+Faults are contained: an env that raises in ``reset``/``step`` yields a truncated step whose
+``info["error"]`` holds the error, and the env is rebuilt at its next reset. A worker that dies
+(killed, out of memory) yields truncated steps for the episodes it held, is replaced, and the
+other workers' episodes go on. A worker whose memory passes ``max_worker_rss_mb`` is recycled
+between episodes.
+
+An env class may define ``step_batch(envs, actions) -> list[tuple]`` as a classmethod: a host then
+steps all of its envs of that class with one call (e.g. one batched retrieval for many searches).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
+
+__all__ = ["EnvHost", "EnvPool", "EnvStep", "PoolBackend"]
+
+logger = logging.getLogger(__name__)
+
+PoolBackend = Literal["inprocess", "process", "ray"]
+_TRANSPARENT_WRAPPERS = ("OrderEnforcing", "PassiveEnvChecker")
+
+
+@dataclass
+class EnvStep:
+    """The result of one env step (or of a failed one)."""
+
+    observation: str
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """The episode is over (terminated or truncated)."""
+        return self.terminated or self.truncated
+
+
+def _error_info(where: str, exc: BaseException) -> dict[str, Any]:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return {"error": f"{where}: {text}", "error_type": type(exc).__name__}
+
+
+def _spec_of(env_id: str | EnvSpec) -> EnvSpec:
+    if isinstance(env_id, EnvSpec):
+        return env_id
+    return gym.spec(env_id)
+
+
+def _rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process in MiB (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class EnvHost:
+    """Owns a few envs (by local slot) and runs ``reset``/``step`` on them, catching env errors."""
+
+    def __init__(self, spec: EnvSpec, env_kwargs: Mapping[str, Any], num_envs: int):
+        self.spec = spec
+        self.env_kwargs = dict(env_kwargs)
+        self.envs: list[gym.Env[Any, Any] | None] = [None] * num_envs
+
+    def _env(self, slot: int) -> gym.Env[Any, Any]:
+        env = self.envs[slot]
+        if env is None:
+            env = gym.make(self.spec, **self.env_kwargs)
+            self.envs[slot] = env
+        return env
+
+    def _drop(self, slot: int) -> None:
+        env = self.envs[slot]
+        self.envs[slot] = None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - a broken env may fail to close too
+                logger.debug("closing a broken env failed", exc_info=True)
+
+    def reset(self, items: Sequence[tuple[int, int | None, dict[str, Any] | None]]) -> list[tuple[str, dict[str, Any]]]:
+        """Reset ``(slot, seed, options)`` items; a failure gives ``("", {"error": ...})``."""
+        out = []
+        for slot, seed, options in items:
+            try:
+                obs, info = self._env(slot).reset(seed=seed, options=options)
+                out.append((obs, dict(info)))
+            except Exception as e:  # noqa: BLE001 - contained: reported in info
+                self._drop(slot)
+                out.append(("", _error_info("reset", e)))
+        return out
+
+    def step(self, items: Sequence[tuple[int, str]]) -> list[EnvStep]:
+        """Step ``(slot, action)`` items; envs of a class with ``step_batch`` go in one call."""
+        results: dict[int, EnvStep] = {}
+        batched: dict[type, list[tuple[int, str]]] = {}
+        for slot, action in items:
+            env = self._env(slot)
+            hook = getattr(type(env.unwrapped), "step_batch", None)
+            if hook is not None and _is_transparent(env):
+                batched.setdefault(type(env.unwrapped), []).append((slot, action))
+            else:
+                results[slot] = self._step_one(slot, action)
+        for cls, group in batched.items():
+            slots = [s for s, _ in group]
+            envs = [self._env(s).unwrapped for s in slots]
+            try:
+                outs = cls.step_batch(envs, [a for _, a in group])  # type: ignore[attr-defined]
+                if len(outs) != len(group):
+                    raise RuntimeError(f"step_batch returned {len(outs)} results for {len(group)} envs")
+                for s, o in zip(slots, outs):
+                    results[s] = EnvStep(o[0], float(o[1]), bool(o[2]), bool(o[3]), dict(o[4]))
+            except Exception:  # noqa: BLE001 - fall back to one-by-one to isolate the culprit
+                logger.warning("step_batch of %s failed; stepping one by one", cls.__name__, exc_info=True)
+                for s, a in group:
+                    results[s] = self._step_one(s, a)
+        return [results[slot] for slot, _ in items]
+
+    def _step_one(self, slot: int, action: str) -> EnvStep:
+        try:
+            obs, reward, terminated, truncated, info = self._env(slot).step(action)
+            return EnvStep(obs, float(reward), bool(terminated), bool(truncated), dict(info))
+        except Exception as e:  # noqa: BLE001 - contained: the episode is truncated
+            self._drop(slot)
+            return EnvStep("", 0.0, False, True, _error_info("step", e))
+
+    def get_attr(self, slots: Sequence[int], name: str) -> list[Any]:
+        """``getattr(env.unwrapped, name)`` for each slot (the value must pickle)."""
+        return [getattr(self._env(s).unwrapped, name) for s in slots]
+
+    def rss_mb(self) -> float:
+        """This host's process memory in MiB."""
+        return _rss_mb()
+
+    def close(self) -> None:
+        """Close every env."""
+        for slot in range(len(self.envs)):
+            self._drop(slot)
+
+
+def _is_transparent(env: gym.Env[Any, Any]) -> bool:
+    """True when ``env`` is its unwrapped env under wrappers that do not change step results."""
+    while isinstance(env, gym.Wrapper):
+        if type(env).__name__ not in _TRANSPARENT_WRAPPERS:
+            return False
+        env = env.env
+    return True
+
+
+# --------------------------------------------------------------------------- worker processes
+def _worker_main(conn: Any, spec: EnvSpec, env_kwargs: dict[str, Any], num_envs: int) -> None:
+    host = EnvHost(spec, env_kwargs, num_envs)
+    try:
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "close":
+                break
+            try:
+                if cmd == "get_attr":
+                    result: Any = host.get_attr(*arg)
+                else:
+                    result = getattr(host, cmd)(*arg) if isinstance(arg, tuple) else getattr(host, cmd)(arg)
+                conn.send(("ok", result))
+            except Exception as e:  # noqa: BLE001 - report to the parent
+                conn.send(("error", _error_info(cmd, e)["error"]))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        host.close()
+        conn.close()
+
+
+class _WorkerDied(RuntimeError):
+    pass
+
+
+class _ProcessWorker:
+    """A worker process hosting a few envs, reached through a pipe."""
+
+    def __init__(self, ctx: Any, spec: EnvSpec, env_kwargs: dict[str, Any], num_envs: int):
+        self.args = (spec, env_kwargs, num_envs)
+        self.ctx = ctx
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, *self.args), daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def send(self, cmd: str, arg: Any) -> None:
+        try:
+            self.conn.send((cmd, arg))
+        except (BrokenPipeError, OSError) as e:
+            raise _WorkerDied(self._death_reason()) from e
+
+    def recv(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, ConnectionResetError, OSError) as e:
+            raise _WorkerDied(self._death_reason()) from e
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def _death_reason(self) -> str:
+        self.proc.join(timeout=1.0)
+        return f"env worker process {self.proc.pid} died (exit code {self.proc.exitcode})"
+
+    def restart(self) -> None:
+        self.kill()
+        self._start()
+
+    def rss_mb(self) -> float:
+        return _rss_mb(self.proc.pid)
+
+    def kill(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5.0)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close", None))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=5.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5.0)
+
+
+class _LocalWorker:
+    """The in-process 'worker': calls the host directly."""
+
+    def __init__(self, spec: EnvSpec, env_kwargs: dict[str, Any], num_envs: int):
+        self.host = EnvHost(spec, env_kwargs, num_envs)
+        self._pending: Any = None
+
+    def send(self, cmd: str, arg: Any) -> None:
+        self._pending = self.host.get_attr(*arg) if cmd == "get_attr" else getattr(self.host, cmd)(arg)
+
+    def recv(self) -> Any:
+        value, self._pending = self._pending, None
+        return value
+
+    def restart(self) -> None:  # an in-process host never dies; envs are rebuilt lazily
+        pass
+
+    def rss_mb(self) -> float:
+        return 0.0
+
+    def kill(self) -> None:
+        self.host.close()
+
+    def close(self) -> None:
+        self.host.close()
+
+
+class _RayWorker:
+    """A Ray actor hosting a few envs."""
+
+    def __init__(self, spec: EnvSpec, env_kwargs: dict[str, Any], num_envs: int, num_cpus: float):
+        import ray
+
+        self.ray = ray
+        self.args = (spec, env_kwargs, num_envs)
+        self.actor_cls = ray.remote(num_cpus=num_cpus)(EnvHost)
+        self._start()
+
+    def _start(self) -> None:
+        self.actor = self.actor_cls.remote(*self.args)
+        self._ref: Any = None
+
+    def send(self, cmd: str, arg: Any) -> None:
+        method = getattr(self.actor, cmd)
+        self._ref = method.remote(*arg) if cmd == "get_attr" else method.remote(arg)
+
+    def recv(self) -> Any:
+        ref, self._ref = self._ref, None
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as e:
+            raise _WorkerDied(f"env Ray actor died: {type(e).__name__}") from e
+
+    def restart(self) -> None:
+        self.kill()
+        self._start()
+
+    def rss_mb(self) -> float:
+        try:
+            return float(self.ray.get(self.actor.rss_mb.remote()))
+        except self.ray.exceptions.RayActorError:
+            return 0.0
+
+    def kill(self) -> None:
+        try:
+            self.ray.kill(self.actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def close(self) -> None:
+        self.kill()
+
+
+def _ensure_ray(spec: EnvSpec) -> None:
+    try:
+        import ray
+    except ImportError as e:
+        raise gym.error.DependencyNotInstalled(
+            "the 'ray' env-pool backend needs Ray: pip install 'stepgym[ray]'"
+        ) from e
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # An env class defined outside an installed package (a script, a test module) is shipped to
+    # the actors by value, so third-party envs registered with gym.register work unchanged.
+    ep = spec.entry_point
+    module_name = getattr(ep, "__module__", None) if callable(ep) else None
+    if module_name and module_name.split(".")[0] not in ("stepgym", "gymnasium"):
+        import sys
+
+        from ray import cloudpickle  # Ray serialises with its vendored copy
+
+        module = sys.modules.get(module_name)
+        if module is not None and "site-packages" not in (getattr(module, "__file__", "") or ""):
+            cloudpickle.register_pickle_by_value(module)
+
+
+class EnvPool:
+    """``num_envs`` copies of one env, stepped together with ragged episodes.
+
+    Args:
+        env_id: A registered id (``"stepgym/SearchQA-v0"``, ``"pkg:ns/Name-v0"``) or an ``EnvSpec``.
+        num_envs: How many envs.
+        backend: ``"inprocess"``, ``"process"`` (worker processes) or ``"ray"`` (Ray actors).
+        num_workers: Workers for ``process``/``ray`` (default: one per env); envs are spread
+            over them in contiguous blocks.
+        env_kwargs: Keyword arguments for ``gym.make``.
+        max_worker_rss_mb: Recycle a worker whose memory exceeds this between episodes.
+        start_method: ``multiprocessing`` start method for ``process`` (``fork`` keeps envs
+            registered at run time visible to the workers).
+        ray_num_cpus: CPUs Ray reserves for each env actor.
+
+    Example:
+        >>> pool = EnvPool("stepgym/SearchQA-v0", 4, backend="process")  # doctest: +SKIP
+        >>> obs = pool.reset(seeds=[0, 1, 2, 3])                        # doctest: +SKIP
+        >>> out = pool.step({0: "<answer>Paris</answer>"})               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        env_id: str | EnvSpec,
+        num_envs: int,
+        *,
+        backend: PoolBackend = "inprocess",
+        num_workers: int | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        max_worker_rss_mb: float | None = None,
+        start_method: str = "fork",
+        ray_num_cpus: float = 0.5,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if backend not in ("inprocess", "process", "ray"):
+            raise ValueError(f"unknown backend {backend!r}; use 'inprocess', 'process' or 'ray'")
+        self.spec = _spec_of(env_id)
+        self.num_envs = num_envs
+        self.backend: PoolBackend = backend
+        self.max_worker_rss_mb = max_worker_rss_mb
+        kwargs = dict(env_kwargs or {})
+        workers = 1 if backend == "inprocess" else min(num_workers or num_envs, num_envs)
+        if workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        # slot i -> (worker, local slot); contiguous blocks
+        sizes = [num_envs // workers + (1 if w < num_envs % workers else 0) for w in range(workers)]
+        self._where: list[tuple[int, int]] = [(w, j) for w, n in enumerate(sizes) for j in range(n)]
+        self._workers: list[Any] = []
+        if backend == "inprocess":
+            self._workers = [_LocalWorker(self.spec, kwargs, num_envs)]
+        elif backend == "process":
+            ctx = mp.get_context(start_method)
+            self._workers = [_ProcessWorker(ctx, self.spec, kwargs, n) for n in sizes]
+        else:
+            _ensure_ray(self.spec)
+            self._workers = [_RayWorker(self.spec, kwargs, n, ray_num_cpus) for n in sizes]
+        self._active = [False] * num_envs
+        self._lost: dict[int, str] = {}  # env index -> why its episode ended with a dead worker
+        self.worker_restarts = 0
+        """How many times a worker was replaced (death or memory cap)."""
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def num_workers(self) -> int:
+        """Number of hosts (1 for ``inprocess``)."""
+        return len(self._workers)
+
+    def active(self) -> list[int]:
+        """Indices of envs in the middle of an episode."""
+        return [i for i, a in enumerate(self._active) if a]
+
+    def reset(
+        self,
+        seeds: Sequence[int | None] | None = None,
+        options: Sequence[dict[str, Any] | None] | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Reset the envs at ``indices`` (default: all); returns ``(obs, info)`` per index.
+
+        A reset that fails returns ``("", info)`` with ``info["error"]``; that env is not active.
+        """
+        idx = list(range(self.num_envs)) if indices is None else list(indices)
+        seeds = [None] * len(idx) if seeds is None else list(seeds)
+        options = [None] * len(idx) if options is None else list(options)
+        if not len(seeds) == len(options) == len(idx):
+            raise ValueError(f"reset got {len(idx)} indices, {len(seeds)} seeds and {len(options)} options")
+        self._recycle_fat_workers(idx)
+        items = {i: (s, o) for i, s, o in zip(idx, seeds, options)}
+        results = self._dispatch(
+            "reset",
+            {i: (self._where[i][1], *items[i]) for i in idx},
+            on_death=lambda why: ("", {"error": why, "error_type": "WorkerDied"}),
+        )
+        for i in idx:
+            self._active[i] = "error" not in results[i][1]
+            self._lost.pop(i, None)
+        return [results[i] for i in idx]
+
+    def step(self, actions: Mapping[int, str]) -> dict[int, EnvStep]:
+        """Step the envs named in ``actions`` (index -> raw model text); others are untouched."""
+
+        def died(why: str) -> EnvStep:
+            return EnvStep("", 0.0, False, True, {"error": why, "error_type": "WorkerDied"})
+
+        lost: dict[int, EnvStep] = {}
+        for i in actions:
+            if not 0 <= i < self.num_envs:
+                raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
+            if i in self._lost:
+                lost[i] = died(self._lost.pop(i))
+            elif not self._active[i]:
+                raise RuntimeError(f"env {i} is not in an episode; reset it before stepping")
+        results = self._dispatch(
+            "step",
+            {i: (self._where[i][1], a) for i, a in actions.items() if i not in lost},
+            on_death=died,
+        )
+        results.update(lost)
+        for i, r in results.items():
+            if r.done:
+                self._active[i] = False
+        return results
+
+    def get_attr(self, name: str, indices: Sequence[int] | None = None) -> list[Any]:
+        """``getattr(env.unwrapped, name)`` for each env (e.g. ``"protocol"``)."""
+        idx = list(range(self.num_envs)) if indices is None else list(indices)
+        out: dict[int, Any] = {}
+        by_worker: dict[int, list[int]] = {}
+        for i in idx:
+            by_worker.setdefault(self._where[i][0], []).append(i)
+        for w, ii in by_worker.items():
+            self._workers[w].send("get_attr", ([self._where[i][1] for i in ii], name))
+        for w, ii in by_worker.items():
+            for i, v in zip(ii, self._workers[w].recv()):
+                out[i] = v
+        return [out[i] for i in idx]
+
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory of each worker in MiB (0 for the in-process backend)."""
+        return [w.rss_mb() for w in self._workers]
+
+    def close(self) -> None:
+        """Stop every worker and close every env."""
+        for w in self._workers:
+            w.close()
+        self._workers = []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._workers:
+                self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ------------------------------------------------------------------ internals
+    def _dispatch(self, cmd: str, items: dict[int, tuple[Any, ...]], on_death: Any) -> dict[int, Any]:
+        """Send each worker its share of ``items``, then collect; a dead worker is replaced."""
+        by_worker: dict[int, list[int]] = {}
+        for i in items:
+            by_worker.setdefault(self._where[i][0], []).append(i)
+        dead: dict[int, str] = {}
+        for w, ii in by_worker.items():
+            try:
+                self._workers[w].send(cmd, [items[i] for i in ii])
+            except _WorkerDied as e:
+                dead[w] = str(e)
+        results: dict[int, Any] = {}
+        for w, ii in by_worker.items():
+            if w not in dead:
+                try:
+                    for i, r in zip(ii, self._workers[w].recv()):
+                        results[i] = r
+                    continue
+                except _WorkerDied as e:
+                    dead[w] = str(e)
+            logger.warning("%s; replacing it (envs %s)", dead[w], ii)
+            for i in ii:
+                results[i] = on_death(dead[w])
+        for w, why in dead.items():
+            self._replace_worker(w)
+            for i, (ww, _) in enumerate(self._where):
+                if ww == w and i not in items and self._active[i]:
+                    # episodes on the dead worker that were not stepped now are lost too:
+                    # their next step reports the truncation
+                    self._active[i] = False
+                    self._lost[i] = why
+                    logger.warning("env %d lost its episode: %s", i, why)
+        return results
+
+    def _replace_worker(self, w: int) -> None:
+        self._workers[w].restart()
+        self.worker_restarts += 1
+
+    def _recycle_fat_workers(self, resetting: Sequence[int]) -> None:
+        if self.max_worker_rss_mb is None or self.backend == "inprocess":
+            return
+        resetting_set = set(resetting)
+        for w, worker in enumerate(self._workers):
+            slots = [i for i, (ww, _) in enumerate(self._where) if ww == w]
+            if any(self._active[i] and i not in resetting_set for i in slots):
+                continue  # never cut an episode that is still running
+            if not any(i in resetting_set for i in slots):
+                continue
+            rss = worker.rss_mb()
+            if rss > self.max_worker_rss_mb:
+                logger.info("recycling env worker %d at %.0f MiB (cap %.0f)", w, rss, self.max_worker_rss_mb)
+                self._replace_worker(w)

@@ -1,0 +1,1 @@
+"""Config, credit registry, losses, the GRPO loop, checkpoints, metrics and distribution."""
