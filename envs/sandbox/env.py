@@ -5,9 +5,9 @@
 
 * a commitment cannot be undone (a treated object cannot be treated again);
 * the right commitment (the treatment the task names) is necessary: every winning episode
-  contains exactly one per goal object; a wrong one (another treatment) dooms the episode -- no
-  continuation can win -- and skipping it does too, since putting the object in place ends the
-  episode;
+  contains exactly one per goal object; a wrong one (another treatment) dooms the episode at once
+  -- no continuation can win -- and an episode that ends without it (the goal objects were put in
+  place untreated, which ends the episode) fails;
 * the observation of a commitment reads the same whether it was right or wrong ("You heat the
   apple 1 using the microwave 1."), and nothing before the final step reveals the outcome.
 
