@@ -35,6 +35,10 @@ __all__ = [
 
 BUILTIN_ENVS: dict[str, str] = {
     # id: entry point  (one line per env; keep sorted)
+    "stepgym/Sandbox-Delayed-v0": "stepgym.envs.sandbox:SandboxDelayedEnv",
+    "stepgym/Sandbox-Null-v0": "stepgym.envs.sandbox:SandboxNullEnv",
+    "stepgym/Sandbox-One-v0": "stepgym.envs.sandbox:SandboxOneEnv",
+    "stepgym/Sandbox-Two-v0": "stepgym.envs.sandbox:SandboxTwoEnv",
 }
 """Every env id stepgym registers, with its string entry point."""
 
