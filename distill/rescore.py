@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
-
 from stepgym.distill.segment import StepSpan, Target, step_spans
 from stepgym.envs.records import TokenSequence
+from torch import nn
 
 __all__ = [
     "Placement",
@@ -148,9 +147,7 @@ class _Plan:
     hindsight: list[int] | None
 
 
-def _plans(
-    rows: Sequence[TokenSequence], hindsight_ids: Sequence[Sequence[int] | None], target: Target
-) -> list[_Plan]:
+def _plans(rows: Sequence[TokenSequence], hindsight_ids: Sequence[Sequence[int] | None], target: Target) -> list[_Plan]:
     if len(hindsight_ids) != len(rows):
         raise ValueError(f"hindsight_ids has {len(hindsight_ids)} entries but there are {len(rows)} rows (one per row)")
     return [_Plan(step_spans(r, target), list(h) if h else None) for r, h in zip(rows, hindsight_ids)]
@@ -374,4 +371,3 @@ class TeacherSnapshot:
     def taken_at(self) -> int:
         """Training step of the current snapshot (-1 for the live policy)."""
         return self._taken_at if self.refresh_every else -1
-

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
 from stepgym.envs.records import TokenSequence
 
 __all__ = ["Target", "StepSpan", "step_spans", "step_ids", "target_mask", "target_mask_from_rows"]
