@@ -12,12 +12,24 @@ rescoring) and ``needs_values`` (a value head). Spec: ``shared/ALGORITHMS.md``.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from stepgym.distill.segment import step_ids
+from stepgym.distill.shaping import (
+    discounted_returns,
+    gigpo_step_advantages,
+    linear_schedule,
+    opsd_reward_advantages,
+    sdar_token_loss,
+    shape_advantages,
+    step_budget,
+    step_gae,
+)
 
 __all__ = [
     "AuxLoss",
@@ -312,3 +324,230 @@ def rloo(batch: CreditBatch) -> CreditOutput:
     """RLOO: baseline = mean of the other G-1 scores (arXiv 2402.14740, eq. 4)."""
     adv = _broadcast(group_advantages(batch.scores, batch.group_index, leave_one_out=True), batch)
     return CreditOutput(adv, metrics=_summary(adv, batch.mask))
+
+
+# =========================================================================== step-aware methods
+# Shared pieces: the outcome advantage, the teacher gap Delta and the metrics every method reports.
+def _outcome(batch: CreditBatch, normalize_std: bool = True) -> torch.Tensor:  # [B, L]
+    return _broadcast(group_advantages(batch.scores, batch.group_index, normalize_std=normalize_std), batch)
+
+
+def _need(batch: CreditBatch, field_name: str, method: str) -> torch.Tensor:
+    t = getattr(batch, field_name)
+    if t is None:
+        how = {
+            "logp_teacher": "rescore the rows with stepgym.distill.rescore.teacher_logprobs (needs_teacher=True)",
+            "values": "run the value head (stepgym.trainers.value) over the rows (needs_values=True)",
+            "anchors": "fill CreditBatch.anchors with each step's StepRecord.observation",
+        }[field_name]
+        raise ValueError(f"credit method {method!r} needs CreditBatch.{field_name}, which is None; {how}")
+    return t
+
+
+def _delta(batch: CreditBatch, method: str) -> torch.Tensor:  # [B, L]
+    """``Delta = logp_t - logp_s`` on target tokens, 0 elsewhere (ALGORITHMS.md §4.4)."""
+    return (_need(batch, "logp_teacher", method) - batch.logp_old) * batch.targets  # [B, L]
+
+
+def _delta_metrics(batch: CreditBatch, delta: torch.Tensor) -> dict[str, float]:
+    """Mean |Delta| over target tokens of successful / failed trajectories."""
+    ok = batch.success[batch.traj_index].unsqueeze(1) & (batch.targets > 0)  # [B, L]
+    bad = ~batch.success[batch.traj_index].unsqueeze(1) & (batch.targets > 0)  # [B, L]
+    out = {}
+    for name, sel in (("delta_abs_success", ok), ("delta_abs_failed", bad)):
+        out[name] = float(delta[sel].abs().mean()) if sel.any() else 0.0
+    return out
+
+
+def _steps(batch: CreditBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense step ids over trainable tokens: ``sid [B, L]``, ``step_traj [S]``, ``step_k [S]``."""
+    return step_ids(batch.traj_index, batch.step_index, batch.mask)
+
+
+@register_credit("stepopsd", needs_teacher=True)
+def stepopsd(
+    batch: CreditBatch,
+    *,
+    lam0: float = 0.2,
+    lam_steps: int = 50,
+    alpha_clip: float = 0.2,
+    weight: str = "sigmoid",
+    budget: bool = True,
+    kappa: float = 2.0,
+    normalize_std: bool = True,
+) -> CreditOutput:
+    """StepOPSD: sign-preserving step-aware shaping of the GRPO advantage (arXiv 2605.27140; spec §4).
+
+    ``A_sh = ((1-lam) + lam*w) * A`` with ``w = clip(2*sigmoid(sign(A)*Delta), 1-alpha_clip, 1+alpha_clip)``
+    (``weight="exp"``: RLSD's ``exp``), ``lam = lam0 * max(0, 1 - t/lam_steps)``, then the per-step
+    budget ``c_k = clip(mbar/m_k, 1/kappa, kappa)`` over the steps (with target tokens) of each
+    trajectory with >= 2 steps; ``m_k`` is the mean ``|A_sh|`` over step ``k``'s trainable tokens.
+    """
+    adv = _outcome(batch, normalize_std)  # [B, L]
+    lam = linear_schedule(lam0, batch.training_step, lam_steps)
+    delta = _delta(batch, "stepopsd")  # [B, L]
+    shaped, clipped = shape_advantages(adv, delta, batch.mask, lam=lam, alpha_clip=alpha_clip, kind=weight)  # [B, L]
+    metrics = {"lam": lam, **_delta_metrics(batch, delta)}
+    tgt = batch.targets > 0  # [B, L]
+    metrics["clip_frac"] = float(clipped[tgt].float().mean()) if tgt.any() else 0.0
+    if budget:
+        sid, step_traj, _ = _steps(batch)
+        n_tgt = torch.zeros(step_traj.shape[0]).index_add_(0, sid[sid >= 0], batch.targets[sid >= 0].float())  # [S]
+        shaped, c = step_budget(shaped, sid, step_traj, n_tgt > 0, kappa=kappa)  # [B, L], [S]
+        multi = (
+            torch.zeros(int(step_traj.max()) + 1 if step_traj.numel() else 0).index_add_(
+                0, step_traj, (n_tgt > 0).float()
+            )[step_traj]
+            >= 2
+        )  # [S] steps that the budget acts on
+        sel = c[multi & (n_tgt > 0)]
+        metrics.update(
+            budget_mean=float(sel.mean()) if sel.numel() else 1.0,
+            budget_min=float(sel.min()) if sel.numel() else 1.0,
+            budget_max=float(sel.max()) if sel.numel() else 1.0,
+        )
+    return CreditOutput(shaped, metrics={**_summary(shaped, batch.mask), **metrics})
+
+
+@register_credit("rlsd", needs_teacher=True)
+def rlsd(
+    batch: CreditBatch, *, lam0: float = 0.5, lam_steps: int = 100, eps_w: float = 0.2, normalize_std: bool = True
+) -> CreditOutput:
+    """RLSD: ``A_sh = A*((1-lam) + lam*clip(exp(sign(A)*Delta), 1-eps_w, 1+eps_w))``, no steps (spec §5)."""
+    adv = _outcome(batch, normalize_std)  # [B, L]
+    lam = linear_schedule(lam0, batch.training_step, lam_steps)
+    delta = _delta(batch, "rlsd")  # [B, L]
+    shaped, clipped = shape_advantages(adv, delta, batch.mask, lam=lam, alpha_clip=eps_w, kind="exp")  # [B, L]
+    tgt = batch.targets > 0
+    metrics = {"lam": lam, "clip_frac": float(clipped[tgt].float().mean()) if tgt.any() else 0.0}
+    return CreditOutput(shaped, metrics={**_summary(shaped, batch.mask), **metrics, **_delta_metrics(batch, delta)})
+
+
+@register_credit("gigpo")
+def gigpo(
+    batch: CreditBatch, *, omega: float = 1.0, gamma: float = 0.95, step_std: bool = True, normalize_std: bool = True
+) -> CreditOutput:
+    """GiGPO: ``A = A_E + omega * A_S`` with anchor-state step groups (arXiv 2505.10978; spec §3).
+
+    Steps of one task group sharing the exact anchor observation form a cluster; ``A_S`` normalises
+    the discounted step return ``G_t = sum_{k>=t} gamma^(k-t) r_k`` within it (``step_std=False``:
+    mean only). Singleton clusters get ``A_S = 0``.
+    """
+    anchors = _need(batch, "anchors", "gigpo")
+    sid, step_traj, step_k = _steps(batch)
+    returns = {
+        t: discounted_returns(torch.tensor(r, dtype=torch.float64), gamma) for t, r in enumerate(batch.step_rewards)
+    }
+    keys: dict[tuple[int, str], int] = {}
+    G, cluster = [], []
+    for t, k in zip(step_traj.tolist(), step_k.tolist()):
+        if k >= len(anchors[t]) or k >= len(returns[t]):
+            raise ValueError(
+                f"trajectory {t} has tokens for step {k} but only {len(anchors[t])} anchors and "
+                f"{len(returns[t])} step rewards; give one anchor and one reward per step"
+            )
+        G.append(float(returns[t][k]))
+        cluster.append(keys.setdefault((int(batch.group_index[t]), anchors[t][k]), len(keys)))
+    a_s = gigpo_step_advantages(torch.tensor(G), torch.tensor(cluster, dtype=torch.long), normalize_std=step_std)  # [S]
+    step_adv = torch.zeros_like(batch.mask)  # [B, L]
+    step_adv[sid >= 0] = a_s[sid[sid >= 0]]
+    adv = _outcome(batch, normalize_std) + omega * step_adv * batch.mask  # [B, L]
+    sizes = torch.bincount(torch.tensor(cluster, dtype=torch.long)).float() if cluster else torch.zeros(0)
+    metrics = {
+        "step_adv_mean": float(a_s.mean()) if a_s.numel() else 0.0,
+        "step_adv_std": float(a_s.std(unbiased=False)) if a_s.numel() else 0.0,
+        "cluster_size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
+        "singleton_frac": float((sizes[torch.tensor(cluster)] == 1).float().mean()) if cluster else 0.0,
+    }
+    return CreditOutput(adv, metrics={**_summary(adv, batch.mask), **metrics})
+
+
+@register_credit("steppo", needs_values=True)
+def steppo(
+    batch: CreditBatch, *, gamma: float = 0.99, lam: float = 1.0, whiten: bool = True, bootstrap_truncated: bool = True
+) -> CreditOutput:
+    """StepPO: step-level GAE with a critic (arXiv 2604.18401; spec §8).
+
+    ``V_k`` = ``values`` at the token right before step ``k``'s first trainable token (the last prompt
+    token in the per-step layout); ``r_k`` = ``step_rewards[traj][k]``. After the last step ``V = 0``,
+    or, when the trajectory was truncated and ``bootstrap_truncated``, ``V`` of the last step [recon:
+    the value of the state after the cut is unknown; the last one is its estimate]. Returns ``G_k``
+    (critic targets) broadcast like ``A``; ``A`` is whitened over steps (not tokens).
+    """
+    values = _need(batch, "values", "steppo")
+    sid, step_traj, step_k = _steps(batch)
+    S, (B, L) = step_traj.shape[0], batch.mask.shape
+    flat = torch.arange(B * L).view(B, L)  # [B, L]
+    first = torch.full((S,), B * L, dtype=torch.long).scatter_reduce(0, sid[sid >= 0], flat[sid >= 0], "amin")  # [S]
+    v_step = values[first // L, (first % L - 1).clamp(min=0)]  # [S] value at the token before the step
+    T = batch.num_trajectories
+    n_steps = torch.bincount(step_traj, minlength=T)  # [T]
+    K = int(n_steps.max()) if S else 0
+    starts = torch.cumsum(n_steps, 0) - n_steps  # [T]
+    slot = torch.arange(S) - starts[step_traj]  # [S] place of each step in its trajectory (steps sorted by (t, k))
+    r = torch.zeros(T, K)
+    v = torch.zeros(T, K)
+    for s, (t, k) in enumerate(zip(step_traj.tolist(), step_k.tolist())):
+        r[t, slot[s]] = float(batch.step_rewards[t][k]) if k < len(batch.step_rewards[t]) else 0.0
+    v[step_traj, slot] = v_step.float()
+    last_v = v[torch.arange(T), (n_steps - 1).clamp(min=0)]  # [T]
+    boot = torch.where(batch.truncated & bootstrap_truncated, last_v, torch.zeros_like(last_v))  # [T]
+    a, g = step_gae(r, v, n_steps, boot, gamma=gamma, lam=lam)  # [T, K]
+    a_s, g_s = a[step_traj, slot], g[step_traj, slot]  # [S]
+    if whiten and S >= 2:
+        a_s = (a_s - a_s.mean()) / (a_s.std() + 1e-8)
+    adv, ret = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)  # [B, L]
+    adv[sid >= 0] = a_s[sid[sid >= 0]]
+    ret[sid >= 0] = g_s[sid[sid >= 0]]
+    metrics = {"value_mean": float(v_step.mean()) if S else 0.0, "return_mean": float(g_s.mean()) if S else 0.0}
+    return CreditOutput(adv, returns=ret, metrics={**_summary(adv, batch.mask), **metrics})
+
+
+def _gated_aux(batch: CreditBatch, method: str, beta: float, coef: float, replaces: bool) -> tuple[AuxLoss, dict]:
+    lt = _need(batch, "logp_teacher", method)
+    delta = _delta(batch, method)  # [B, L]
+    tgt = batch.targets > 0
+    gate = torch.sigmoid(beta * delta)  # [B, L] at logp_theta = logp_old (the rollout policy)
+    metrics = {"gate_mean": float(gate[tgt].mean()) if tgt.any() else 0.0, **_delta_metrics(batch, delta)}
+    aux = AuxLoss(functools.partial(sdar_token_loss, beta=beta), coef, batch.targets, lt, replaces_policy_loss=replaces)
+    return aux, metrics
+
+
+@register_credit("sdar", needs_teacher=True)
+def sdar(batch: CreditBatch, *, beta: float = 5.0, lam: float = 0.01, normalize_std: bool = True) -> CreditOutput:
+    """SDAR: GRPO advantage + gated self-distillation auxiliary loss (arXiv 2605.15155; spec §6).
+
+    The aux term is :func:`~stepgym.distill.shaping.sdar_token_loss` with weight ``lam`` (code: 0.01,
+    ``beta`` 5; the paper text's 0.1 / 10 are reachable through the options). It acts even where a
+    group's advantage is all 0; the trainer skips it in micro-batches without target tokens.
+    """
+    adv = _outcome(batch, normalize_std)  # [B, L]
+    aux, metrics = _gated_aux(batch, "sdar", beta, lam, False)
+    return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})
+
+
+@register_credit("grpo+opsd", needs_teacher=True)
+def grpo_opsd(batch: CreditBatch, *, lam: float = 0.01, normalize_std: bool = True) -> CreditOutput:
+    """GRPO+OPSD: SDAR with ``beta = 0`` (constant gate 0.5; spec §6)."""
+    adv = _outcome(batch, normalize_std)  # [B, L]
+    aux, metrics = _gated_aux(batch, "grpo+opsd", 0.0, lam, False)
+    return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})
+
+
+@register_credit("opsd", needs_teacher=True)
+def opsd(batch: CreditBatch, *, mode: str = "aux", coef: float = 1.0, gamma: float | None = None) -> CreditOutput:
+    """OPSD alone: self-distillation without the outcome policy gradient (spec §6 and §7).
+
+    ``mode="aux"``: the gate-0.5 distillation loss replaces the policy loss (advantages are 0).
+    ``mode="reward"``: tinker-cookbook's per-token reward ``A = -coef * (logp_s - logp_t)`` on target
+    tokens, optionally summed forward with discount ``gamma``.
+    """
+    if mode == "aux":
+        adv = torch.zeros_like(batch.mask)  # [B, L]
+        aux, metrics = _gated_aux(batch, "opsd", 0.0, coef, True)
+        return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})
+    if mode != "reward":
+        raise ValueError(f"opsd mode must be 'aux' or 'reward', got {mode!r}")
+    lt = _need(batch, "logp_teacher", "opsd")
+    adv = opsd_reward_advantages(batch.logp_old, lt, batch.targets, coef=coef, gamma=gamma)  # [B, L]
+    return CreditOutput(adv, metrics={**_summary(adv, batch.mask), **_delta_metrics(batch, _delta(batch, "opsd"))})
