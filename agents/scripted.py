@@ -61,14 +61,17 @@ class RandomAdmissibleAgent:
 
         self._rng = random.Random(seed)
         self.template = template
+        self._choices: list[str] = []
 
     def reset(self, observation: str, info: dict[str, Any]) -> None:
-        """Nothing to reset."""
+        """Read the first list of admissible actions."""
+        self._choices = list(info.get("admissible_actions") or [])
 
     def act(self, observation: str, info: dict[str, Any]) -> str:
-        """A random admissible command (an empty action when the env lists none)."""
-        choices = list(info.get("admissible_actions") or [])
-        return self.template.format(self._rng.choice(choices) if choices else "")
+        """A random admissible command; the last list seen is reused when a step's info has none."""
+        if info.get("admissible_actions"):
+            self._choices = list(info["admissible_actions"])
+        return self.template.format(self._rng.choice(self._choices) if self._choices else "")
 
 
 class ExpertPlanAgent:
