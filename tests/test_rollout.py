@@ -328,3 +328,17 @@ def test_random_admissible_agent_only_makes_valid_moves(tiny):
     )
     assert all(s.valid for t in trajs for s in t.steps)
     assert all(t.success or t.info["truncated_reason"] == "max_turns" for t in trajs)
+
+
+def test_expert_plan_agent_plays_the_plan():
+    from stepgym.agents.scripted import ExpertPlanAgent
+
+    a = ExpertPlanAgent()
+    a.reset("o", {"expert_plan": ["go to desk 1", "take mug 1 from desk 1"]})
+    assert [a.act("o", {}) for _ in range(3)] == [
+        "<action>go to desk 1</action>",
+        "<action>take mug 1 from desk 1</action>",
+        "<action>take mug 1 from desk 1</action>",  # the plan ran out: the last command again
+    ]
+    with pytest.raises(KeyError, match="no 'expert_plan'"):
+        a.reset("o", {})
