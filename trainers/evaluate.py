@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
-
 from stepgym.agents.policy import Policy, SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import Layout, collect
@@ -67,7 +66,10 @@ def _stable_key(seed: int, task_id: str) -> str:
 
 
 def sample_tasks(
-    by_subset: Mapping[str, Sequence[str]], n_per_subset: int | None, *, seed: int = 0,
+    by_subset: Mapping[str, Sequence[str]],
+    n_per_subset: int | None,
+    *,
+    seed: int = 0,
     subsets: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
     """A fixed sample of ``n_per_subset`` task ids per subset (all when ``None``).
@@ -96,7 +98,8 @@ def subset_results(trajectories: Sequence[Trajectory]) -> dict[str, SubsetResult
         ts = by[subset]
         n = len(ts)
         steps = sum(t.num_steps for t in ts)
-        f1s = [float(t.steps[-1].info["f1"]) for t in ts if t.steps and isinstance(t.steps[-1].info.get("f1"), (int, float))]
+        last = [t.steps[-1].info.get("f1") for t in ts if t.steps]
+        f1s = [float(v) for v in last if isinstance(v, (int, float))]
         out[subset] = SubsetResult(
             subset=subset,
             n=n,
@@ -120,9 +123,14 @@ def overall(results: Mapping[str, SubsetResult]) -> SubsetResult:
         return sum(getattr(r, attr) for r in rs) / k
 
     return SubsetResult(
-        subset="avg", n=sum(r.n for r in rs), success=mean("success"), outcome=mean("outcome"),
-        f1=(sum(f1s) / len(f1s)) if f1s else None, num_steps=mean("num_steps"),
-        invalid_rate=mean("invalid_rate"), truncated=mean("truncated"),
+        subset="avg",
+        n=sum(r.n for r in rs),
+        success=mean("success"),
+        outcome=mean("outcome"),
+        f1=(sum(f1s) / len(f1s)) if f1s else None,
+        num_steps=mean("num_steps"),
+        invalid_rate=mean("invalid_rate"),
+        truncated=mean("truncated"),
     )
 
 
@@ -174,9 +182,20 @@ def evaluate(
         pool = EnvPool(env_id, max(1, min(num_envs, len(flat))), backend=backend, env_kwargs=env_kwargs)
     try:
         trajs = collect(
-            pool, policy, flat, group_size=1, layout=layout, renderer=renderer, sampling=sampling,
-            max_turns=max_turns, max_prompt_tokens=max_prompt_tokens, max_total_tokens=max_total_tokens,
-            seed=seed, group_prefix="eval:", check_drift=False, progress=progress,
+            pool,
+            policy,
+            flat,
+            group_size=1,
+            layout=layout,
+            renderer=renderer,
+            sampling=sampling,
+            max_turns=max_turns,
+            max_prompt_tokens=max_prompt_tokens,
+            max_total_tokens=max_total_tokens,
+            seed=seed,
+            group_prefix="eval:",
+            check_drift=False,
+            progress=progress,
         )
     finally:
         if own:
