@@ -35,6 +35,7 @@ __all__ = [
 
 BUILTIN_ENVS: dict[str, str] = {
     # id: entry point  (one line per env; keep sorted)
+    "stepgym/ALFWorld-v0": "stepgym.envs.alfworld:ALFWorldEnv",
     "stepgym/Sandbox-Delayed-v0": "stepgym.envs.sandbox:SandboxDelayedEnv",
     "stepgym/Sandbox-Null-v0": "stepgym.envs.sandbox:SandboxNullEnv",
     "stepgym/Sandbox-One-v0": "stepgym.envs.sandbox:SandboxOneEnv",

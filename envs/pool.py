@@ -11,6 +11,11 @@ Faults are contained: an env that raises in ``reset``/``step`` yields a truncate
 other workers' episodes go on. A worker whose memory passes ``max_worker_rss_mb`` is recycled
 between episodes.
 
+Resets can overlap with steps: :meth:`EnvPool.reset_async` starts resets and returns at once,
+:meth:`EnvPool.step` goes on with the envs of other workers meanwhile, and
+:meth:`EnvPool.poll_resets` / :meth:`EnvPool.wait_resets` collect the first observations. Each
+worker answers its requests in order, so a step waits only for the resets queued on its own worker.
+
 An env class may define ``step_batch(envs, actions) -> list[tuple]`` as a classmethod: a host then
 steps all of its envs of that class with one call (e.g. one batched retrieval for many searches).
 """
@@ -20,8 +25,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,6 +230,13 @@ class _ProcessWorker:
             raise RuntimeError(value)
         return value
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """True when a reply (or the worker's death) can be received without blocking."""
+        try:
+            return bool(self.conn.poll(timeout))
+        except (EOFError, OSError):
+            return True  # recv() will report the death
+
     def _death_reason(self) -> str:
         self.proc.join(timeout=1.0)
         return f"env worker process {self.proc.pid} died (exit code {self.proc.exitcode})"
@@ -259,17 +273,19 @@ class _LocalWorker:
 
     def __init__(self, spec: EnvSpec, env_kwargs: dict[str, Any], num_envs: int):
         self.host = EnvHost(spec, env_kwargs, num_envs)
-        self._pending: Any = None
+        self._pending: deque[Any] = deque()
 
     def send(self, cmd: str, arg: Any) -> None:
-        self._pending = self.host.get_attr(*arg) if cmd == "get_attr" else getattr(self.host, cmd)(arg)
+        self._pending.append(self.host.get_attr(*arg) if cmd == "get_attr" else getattr(self.host, cmd)(arg))
 
     def recv(self) -> Any:
-        value, self._pending = self._pending, None
-        return value
+        return self._pending.popleft()
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        return True
 
     def restart(self) -> None:  # an in-process host never dies; envs are rebuilt lazily
-        pass
+        self._pending.clear()
 
     def rss_mb(self) -> float:
         return 0.0
@@ -294,14 +310,20 @@ class _RayWorker:
 
     def _start(self) -> None:
         self.actor = self.actor_cls.remote(*self.args)
-        self._ref: Any = None
+        self._refs: deque[Any] = deque()  # an actor runs its calls in submission order
 
     def send(self, cmd: str, arg: Any) -> None:
         method = getattr(self.actor, cmd)
-        self._ref = method.remote(*arg) if cmd == "get_attr" else method.remote(arg)
+        self._refs.append(method.remote(*arg) if cmd == "get_attr" else method.remote(arg))
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        if not self._refs:
+            return False
+        done, _ = self.ray.wait([self._refs[0]], timeout=timeout)
+        return bool(done)
 
     def recv(self) -> Any:
-        ref, self._ref = self._ref, None
+        ref = self._refs.popleft()
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayActorError as e:
@@ -410,6 +432,8 @@ class EnvPool:
             self._workers = [_RayWorker(self.spec, kwargs, n, ray_num_cpus) for n in sizes]
         self._active = [False] * num_envs
         self._lost: dict[int, str] = {}  # env index -> why its episode ended with a dead worker
+        self._queues: list[deque[_Ticket]] = [deque() for _ in self._workers]  # requests in flight
+        self._resetting: dict[int, _Ticket] = {}  # env index -> its reset in flight (or not collected)
         self.worker_restarts = 0
         """How many times a worker was replaced (death or memory cap)."""
 
@@ -420,8 +444,12 @@ class EnvPool:
         return len(self._workers)
 
     def active(self) -> list[int]:
-        """Indices of envs in the middle of an episode."""
+        """Indices of envs in the middle of an episode (a reset still in flight does not count)."""
         return [i for i, a in enumerate(self._active) if a]
+
+    def pending_resets(self) -> list[int]:
+        """Indices of envs whose reset was started by :meth:`reset_async` and not yet collected."""
+        return sorted(self._resetting)
 
     def reset(
         self,
@@ -434,24 +462,78 @@ class EnvPool:
         A reset that fails returns ``("", info)`` with ``info["error"]``; that env is not active.
         """
         idx = list(range(self.num_envs)) if indices is None else list(indices)
+        self.reset_async(seeds, options, idx)
+        done = self.wait_resets(idx)
+        return [done[i] for i in idx]
+
+    def reset_async(
+        self,
+        seeds: Sequence[int | None] | None = None,
+        options: Sequence[dict[str, Any] | None] | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        """Start resetting the envs at ``indices`` (default: all) and return at once.
+
+        The resets run in the workers while :meth:`step` goes on with envs of *other* workers (an
+        env's step waits only for resets queued before it on its own worker). Collect the first
+        observations with :meth:`poll_resets` or :meth:`wait_resets`; an env cannot be stepped
+        before its reset is collected. With the ``inprocess`` backend the reset runs right here.
+        """
+        idx = list(range(self.num_envs)) if indices is None else list(indices)
         seeds = [None] * len(idx) if seeds is None else list(seeds)
         options = [None] * len(idx) if options is None else list(options)
         if not len(seeds) == len(options) == len(idx):
             raise ValueError(f"reset got {len(idx)} indices, {len(seeds)} seeds and {len(options)} options")
-        self._recycle_fat_workers(idx)
-        items = {i: (s, o) for i, s, o in zip(idx, seeds, options)}
-        results = self._dispatch(
-            "reset",
-            {i: (self._where[i][1], *items[i]) for i in idx},
-            on_death=lambda why: ("", {"error": why, "error_type": "WorkerDied"}),
-        )
         for i in idx:
-            self._active[i] = "error" not in results[i][1]
+            if not 0 <= i < self.num_envs:
+                raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
+            if i in self._resetting:
+                raise RuntimeError(f"env {i} already has a reset in flight; collect it with wait_resets() first")
+        self._recycle_fat_workers(idx)
+        for i in idx:
+            self._active[i] = False
             self._lost.pop(i, None)
-        return [results[i] for i in idx]
+        by_worker: dict[int, list[int]] = {}
+        for i in idx:
+            by_worker.setdefault(self._where[i][0], []).append(i)
+        for w, ii in by_worker.items():
+            payload = [(self._where[i][1], seeds[idx.index(i)], options[idx.index(i)]) for i in ii]
+            ticket = _Ticket(w, ii, lambda why: ("", {"error": why, "error_type": "WorkerDied"}))
+            for i in ii:
+                self._resetting[i] = ticket
+            self._submit(ticket, "reset", payload)
+
+    def poll_resets(self, timeout: float = 0.0) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Collect the resets that have finished, waiting up to ``timeout`` seconds for a first one.
+
+        Returns:
+            ``{index: (obs, info)}`` for every collected reset (possibly empty).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            for w in {t.worker for t in self._resetting.values()}:
+                while self._queues[w] and self._workers[w].ready(0.0):
+                    self._advance(w)
+            out = self._collect_resets([i for i, t in self._resetting.items() if t.done])
+            if out or not self._resetting or time.monotonic() >= deadline:
+                return out
+            time.sleep(0.002)
+
+    def wait_resets(self, indices: Sequence[int] | None = None) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Wait for the resets in flight at ``indices`` (default: all of them) and collect them."""
+        idx = self.pending_resets() if indices is None else list(indices)
+        for i in idx:
+            if i not in self._resetting:
+                raise RuntimeError(f"env {i} has no reset in flight; start one with reset_async()")
+        for i in idx:
+            self._wait(self._resetting[i])
+        return self._collect_resets(idx)
 
     def step(self, actions: Mapping[int, str]) -> dict[int, EnvStep]:
-        """Step the envs named in ``actions`` (index -> raw model text); others are untouched."""
+        """Step the envs named in ``actions`` (index -> raw model text); others are untouched.
+
+        Resets in flight on other workers keep running; this call does not wait for them.
+        """
 
         def died(why: str) -> EnvStep:
             return EnvStep("", 0.0, False, True, {"error": why, "error_type": "WorkerDied"})
@@ -460,15 +542,13 @@ class EnvPool:
         for i in actions:
             if not 0 <= i < self.num_envs:
                 raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
+            if i in self._resetting:
+                raise RuntimeError(f"env {i} has a reset in flight; collect it with wait_resets()/poll_resets() first")
             if i in self._lost:
                 lost[i] = died(self._lost.pop(i))
             elif not self._active[i]:
                 raise RuntimeError(f"env {i} is not in an episode; reset it before stepping")
-        results = self._dispatch(
-            "step",
-            {i: (self._where[i][1], a) for i, a in actions.items() if i not in lost},
-            on_death=died,
-        )
+        results = self._run("step", {i: (self._where[i][1], a) for i, a in actions.items() if i not in lost}, died)
         results.update(lost)
         for i, r in results.items():
             if r.done:
@@ -478,14 +558,20 @@ class EnvPool:
     def get_attr(self, name: str, indices: Sequence[int] | None = None) -> list[Any]:
         """``getattr(env.unwrapped, name)`` for each env (e.g. ``"protocol"``)."""
         idx = list(range(self.num_envs)) if indices is None else list(indices)
-        out: dict[int, Any] = {}
         by_worker: dict[int, list[int]] = {}
         for i in idx:
             by_worker.setdefault(self._where[i][0], []).append(i)
+        tickets = []
         for w, ii in by_worker.items():
-            self._workers[w].send("get_attr", ([self._where[i][1] for i in ii], name))
-        for w, ii in by_worker.items():
-            for i, v in zip(ii, self._workers[w].recv()):
+            ticket = _Ticket(w, ii, _WorkerDied)
+            self._submit(ticket, "get_attr", ([self._where[i][1] for i in ii], name))
+            tickets.append(ticket)
+        out: dict[int, Any] = {}
+        for ticket in tickets:
+            self._wait(ticket)
+            for i, v in zip(ticket.indices, ticket.value):
+                if isinstance(v, _WorkerDied):
+                    raise RuntimeError(f"get_attr({name!r}) failed: {v}")
                 out[i] = v
         return [out[i] for i in idx]
 
@@ -498,6 +584,7 @@ class EnvPool:
         for w in self._workers:
             w.close()
         self._workers = []
+        self._resetting.clear()
 
     def __enter__(self) -> EnvPool:
         return self
@@ -513,39 +600,86 @@ class EnvPool:
             pass
 
     # ------------------------------------------------------------------ internals
-    def _dispatch(self, cmd: str, items: dict[int, tuple[Any, ...]], on_death: Any) -> dict[int, Any]:
-        """Send each worker its share of ``items``, then collect; a dead worker is replaced."""
+    def _run(self, cmd: str, items: dict[int, tuple[Any, ...]], on_death: Callable[[str], Any]) -> dict[int, Any]:
+        """Send each worker its share of ``items``, then wait for those replies only."""
         by_worker: dict[int, list[int]] = {}
         for i in items:
             by_worker.setdefault(self._where[i][0], []).append(i)
-        dead: dict[int, str] = {}
+        tickets = []
         for w, ii in by_worker.items():
-            try:
-                self._workers[w].send(cmd, [items[i] for i in ii])
-            except _WorkerDied as e:
-                dead[w] = str(e)
+            ticket = _Ticket(w, ii, on_death)
+            self._submit(ticket, cmd, [items[i] for i in ii])
+            tickets.append(ticket)
         results: dict[int, Any] = {}
-        for w, ii in by_worker.items():
-            if w not in dead:
-                try:
-                    for i, r in zip(ii, self._workers[w].recv()):
-                        results[i] = r
-                    continue
-                except _WorkerDied as e:
-                    dead[w] = str(e)
-            logger.warning("%s; replacing it (envs %s)", dead[w], ii)
-            for i in ii:
-                results[i] = on_death(dead[w])
-        for w, why in dead.items():
-            self._replace_worker(w)
-            for i, (ww, _) in enumerate(self._where):
-                if ww == w and i not in items and self._active[i]:
-                    # episodes on the dead worker that were not stepped now are lost too:
-                    # their next step reports the truncation
-                    self._active[i] = False
-                    self._lost[i] = why
-                    logger.warning("env %d lost its episode: %s", i, why)
+        for ticket in tickets:
+            self._wait(ticket)
+            results.update(zip(ticket.indices, ticket.value))
         return results
+
+    def _submit(self, ticket: _Ticket, cmd: str, payload: Any) -> None:
+        w = ticket.worker
+        self._queues[w].append(ticket)
+        try:
+            self._workers[w].send(cmd, payload)
+        except _WorkerDied as e:
+            self._worker_died(w, str(e))
+        except BaseException:
+            self._queues[w].remove(ticket)
+            for i in ticket.indices:
+                if self._resetting.get(i) is ticket:
+                    del self._resetting[i]
+            raise
+
+    def _advance(self, w: int) -> None:
+        """Receive the reply to worker ``w``'s oldest request in flight."""
+        ticket = self._queues[w][0]
+        try:
+            value = self._workers[w].recv()
+        except _WorkerDied as e:
+            self._worker_died(w, str(e))
+            return
+        except BaseException as e:  # the worker answered with an error of its own (not an env's)
+            self._queues[w].popleft()
+            ticket.value, ticket.done = [ticket.on_death(str(e)) for _ in ticket.indices], True
+            raise
+        self._queues[w].popleft()
+        ticket.value, ticket.done = list(value), True
+
+    def _wait(self, ticket: _Ticket) -> None:
+        while not ticket.done:
+            self._advance(ticket.worker)
+
+    def _worker_died(self, w: int, why: str) -> None:
+        """Every request in flight on ``w`` gets its death result; ``w`` is replaced."""
+        tickets = list(self._queues[w])
+        self._queues[w].clear()
+        covered: set[int] = set()
+        for ticket in tickets:
+            ticket.value, ticket.done = [ticket.on_death(why) for _ in ticket.indices], True
+            covered.update(ticket.indices)
+        logger.warning("%s; replacing it (envs %s)", why, sorted(covered))
+        self._replace_worker(w)
+        for i, (ww, _) in enumerate(self._where):
+            if ww != w or i in covered:
+                continue
+            if i in self._resetting:  # a finished reset not collected yet: that episode is gone too
+                ticket = self._resetting[i]
+                ticket.value[ticket.indices.index(i)] = ("", {"error": why, "error_type": "WorkerDied"})
+            elif self._active[i]:
+                # episodes on the dead worker that were not stepped now are lost too:
+                # their next step reports the truncation
+                self._active[i] = False
+                self._lost[i] = why
+                logger.warning("env %d lost its episode: %s", i, why)
+
+    def _collect_resets(self, idx: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
+        out = {}
+        for i in idx:
+            ticket = self._resetting.pop(i)
+            obs, info = ticket.value[ticket.indices.index(i)]
+            self._active[i] = "error" not in info
+            out[i] = (obs, info)
+        return out
 
     def _replace_worker(self, w: int) -> None:
         self._workers[w].restart()
@@ -557,6 +691,8 @@ class EnvPool:
         resetting_set = set(resetting)
         for w, worker in enumerate(self._workers):
             slots = [i for i, (ww, _) in enumerate(self._where) if ww == w]
+            if self._queues[w] or any(i in self._resetting for i in slots):
+                continue  # requests in flight, or a started episode not collected yet
             if any(self._active[i] and i not in resetting_set for i in slots):
                 continue  # never cut an episode that is still running
             if not any(i in resetting_set for i in slots):
@@ -565,3 +701,15 @@ class EnvPool:
             if rss > self.max_worker_rss_mb:
                 logger.info("recycling env worker %d at %.0f MiB (cap %.0f)", w, rss, self.max_worker_rss_mb)
                 self._replace_worker(w)
+
+
+@dataclass
+class _Ticket:
+    """One request in flight to one worker, for the envs ``indices`` (in payload order)."""
+
+    worker: int
+    indices: list[int]
+    on_death: Callable[[str], Any]
+    """The result each env gets when the worker dies before answering."""
+    value: list[Any] = field(default_factory=list)
+    done: bool = False

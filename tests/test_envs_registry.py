@@ -10,6 +10,10 @@ ENV_IDS = sorted(stepgym.envs.BUILTIN_ENVS) + [THIRD_PARTY]
 # kwargs that keep each env cheap in tests (unknown ids use their defaults)
 CHEAP_KWARGS: dict[str, dict] = {
     "stepgym/SearchQA-v0": {"retriever": "bm25s"},
+    # one game: every reset reuses the loaded game file (~0.5 s instead of ~1.5 s per new game)
+    "stepgym/ALFWorld-v0": {
+        "games": ["valid_unseen/look_at_obj_in_light-AlarmClock-None-DeskLamp-308/trial_T20190908_222917_366542"]
+    },
 }
 
 
