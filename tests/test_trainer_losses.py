@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from stepgym.trainers.losses import (
     aggregate,
     clipped_surrogate,
@@ -193,8 +192,17 @@ def test_matches_trl_grpo_trainer(loss_type, beta, entropy_coef):
     entropies = torch.rand(B, L, generator=g) * 3
     eps_hi = 0.28
     expected = _trl_loss(
-        loss_type, logp, old, ref, adv, mask, entropies,
-        beta=beta, entropy_coef=entropy_coef, max_len=max_len, eps_hi=eps_hi,
+        loss_type,
+        logp,
+        old,
+        ref,
+        adv,
+        mask,
+        entropies,
+        beta=beta,
+        entropy_coef=entropy_coef,
+        max_len=max_len,
+        eps_hi=eps_hi,
     )
 
     a = adv[:, None].expand(B, L) * mask  # [B, L] broadcast as our credit methods do

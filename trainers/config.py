@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
-
 from stepgym.trainers.credit import check_credit_kwargs
 
 __all__ = [
