@@ -293,7 +293,7 @@ def ppo_update(
 
                 if not torch.isfinite(loss):
                     optimizer.zero_grad(set_to_none=True)
-                    bad = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     raise NonFiniteError(
                         f"non-finite loss at epoch {epoch}, mini-batch {mb_index}, micro-batch {k} ({bad}); "
                         "the optimizer step was not taken and the weights are unchanged since the last step. "
