@@ -190,3 +190,25 @@ def test_value_head_trained_towards_returns():
     # -lr * value_coef * d/db = -0.1 * 0.5 * (0 - 2) = +0.1
     assert m["loss/value"] == pytest.approx(2.0, rel=1e-6)
     assert head.bias.item() == pytest.approx(0.1, rel=1e-5)
+
+
+def test_selective_scoring_equals_full_logits():
+    # score_mask runs the LM head on masked positions only; values there must equal the full path's
+    model = tiny_model()
+    inputs = _inputs(model)
+    head = torch.nn.Linear(64, 1)
+    full = token_logprobs(
+        model, inputs.input_ids, inputs.attention_mask, temperature=0.8, with_entropy=True, value_head=head
+    )
+    part = token_logprobs(
+        model,
+        inputs.input_ids,
+        inputs.attention_mask,
+        temperature=0.8,
+        with_entropy=True,
+        value_head=head,
+        score_mask=inputs.mask,
+    )
+    for f, p in zip(full, part):
+        assert torch.allclose(f * inputs.mask, p, atol=1e-5)
+        assert (p[inputs.mask == 0] == 0).all()

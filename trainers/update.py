@@ -46,6 +46,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     value_head: torch.nn.Module | None = None,
+    score_mask: torch.Tensor | None = None,  # [B, L]
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # ([B, L], [B, L] | None, [B, L] | None)
     """Log-prob of each token given its prefix, aligned to the token's position.
 
@@ -54,22 +55,58 @@ def token_logprobs(
     ``entropy[b, l]`` is the entropy of that same distribution; ``values[b, l]`` the value head's
     output on the hidden state that *predicts* token ``l`` (position ``l-1``), so it lines up with
     the token it scores.
+
+    With ``score_mask``, only positions where it is 1 are scored (0 elsewhere): the LM head then
+    runs on those hidden states only, never materialising ``[B, L, V]`` logits (models exposing
+    ``get_decoder()`` / ``get_output_embeddings()``, not FSDP-wrapped; others take the full path).
     """
     t = temperature if temperature > 0 else 1.0
+    decoder = getattr(model, "get_decoder", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    selective = score_mask is not None and decoder is not None and head is not None and not _is_fsdp(model)
+    pad = torch.zeros(input_ids.shape[0], 1, device=input_ids.device)  # [B, 1]
+    if selective:
+        hidden = decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1]  # [B, L-1, H] state l-1 predicts token l
+        where = score_mask[:, 1:] > 0  # [B, L-1]
+        logits = head(hidden[where]).float() / t  # [N, V]
+        tok = input_ids[:, 1:][where]  # [N]
+        picked = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [N]
+
+        def scatter(v: torch.Tensor) -> torch.Tensor:  # [N] -> [B, L]
+            full = torch.zeros(where.shape, dtype=v.dtype, device=v.device).masked_scatter(where, v)  # [B, L-1]
+            return torch.cat([pad.to(v.dtype), full], dim=1)
+
+        logp = scatter(picked)
+        entropy = scatter(entropy_from_logits(logits)) if with_entropy else None
+        values = scatter(value_head(hidden[where]).squeeze(-1).float()) if value_head is not None else None
+        return logp, entropy, values
+
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=value_head is not None
     )
     logits = out.logits[:, :-1].float() / t  # [B, L-1, V]
     targets = input_ids[:, 1:].unsqueeze(-1)  # [B, L-1, 1]
     logp = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, L-1]
-    pad = logp.new_zeros(logp.shape[0], 1)  # [B, 1]
     logp = torch.cat([pad, logp], dim=1)  # [B, L]
     entropy = torch.cat([pad, entropy_from_logits(logits)], dim=1) if with_entropy else None  # [B, L]
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1][:, :-1]  # [B, L-1, H]
         values = torch.cat([pad, value_head(hidden).squeeze(-1).float()], dim=1)  # [B, L]
+    if score_mask is not None:
+        logp = logp * score_mask
+        entropy = entropy * score_mask if entropy is not None else None
+        values = values * score_mask if values is not None else None
     return logp, entropy, values
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(model, FSDPModule)
 
 
 @torch.no_grad()
@@ -80,6 +117,7 @@ def compute_logprobs(
     *,
     micro_batch_size: int,
     temperature: float = 1.0,
+    score_mask: torch.Tensor | None = None,  # [B, L]
 ) -> torch.Tensor:  # [B, L]
     """:func:`token_logprobs` without grad, in micro-batches (old-policy and reference log-probs)."""
     parts = [
@@ -88,6 +126,7 @@ def compute_logprobs(
             input_ids[i : i + micro_batch_size],
             attention_mask[i : i + micro_batch_size],
             temperature=temperature,
+            score_mask=None if score_mask is None else score_mask[i : i + micro_batch_size],
         )[0]
         for i in range(0, input_ids.shape[0], micro_batch_size)
     ]
@@ -237,6 +276,7 @@ def ppo_update(
                 micro = mb.rows(rows if not dummy else torch.tensor([0]))
                 weight = 0.0 if dummy else 1.0
 
+                scored = micro.mask if micro.aux is None else torch.maximum(micro.mask, micro.aux.target_mask)
                 logp, entropy, values = token_logprobs(
                     model,
                     micro.input_ids,
@@ -244,6 +284,7 @@ def ppo_update(
                     temperature=temperature,
                     with_entropy=cfg.entropy_coef > 0,
                     value_head=value_head if train_value else None,
+                    score_mask=scored,
                 )
                 mask = micro.mask * weight  # [b, L]
                 # ---- policy gradient (ALGORITHMS.md §2)
