@@ -90,3 +90,53 @@ def random_trajectories(num_groups: int, group_size: int, *, seed: int = 0, max_
                 )
             )
     return trajs
+
+
+# --------------------------------------------------------------------------- a trivial env for the loop
+TARGET = 8  # success: the first generated token id is below TARGET (about 1 in 8 under a random init)
+
+
+def trivial_rollout(group_size: int, gen_len: int = 3):
+    """A RolloutFn: each task is a 2-token prompt; the model samples ``gen_len`` tokens; success iff
+    the first one is < TARGET. Deterministic given the seed."""
+
+    @torch.no_grad()
+    def rollout(model, task_ids, seed):
+        g = torch.Generator().manual_seed(seed)
+        prompts = [[1, 2 + int(t[1:])] for t in task_ids for _ in range(group_size)]
+        ids = torch.tensor(prompts)
+        logps = []
+        for _ in range(gen_len):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float()
+            logp = torch.log_softmax(logits, -1)
+            nxt = torch.multinomial(logp.exp(), 1, generator=g)
+            logps.append(logp.gather(-1, nxt))
+            ids = torch.cat([ids, nxt], 1)
+        logps = torch.cat(logps, 1)
+        trajs = []
+        for r, row in enumerate(ids.tolist()):
+            task = task_ids[r // group_size]
+            won = row[2] < TARGET
+            seq = TokenSequence(
+                ids=row,
+                loss_mask=[0, 0] + [1] * gen_len,
+                logprobs=[0.0, 0.0] + logps[r].tolist(),
+                step_index=[-1, -1] + [0] * gen_len,
+                action_mask=[0, 0] + [0] * (gen_len - 1) + [1],
+            )
+            trajs.append(
+                Trajectory(
+                    env_id="test/Trivial-v0",
+                    task_id=task,
+                    subset="s",
+                    group_id=f"{r // group_size}",
+                    steps=[step(0, reward=float(won))],
+                    outcome=float(won),
+                    success=won,
+                    truncated=False,
+                    sequences=[seq],
+                )
+            )
+        return trajs
+
+    return rollout
