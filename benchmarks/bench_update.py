@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import copy
 import platform
+import statistics
 import time
 from collections import defaultdict
 from types import SimpleNamespace
@@ -147,17 +148,22 @@ def ours_step_fn(model: torch.nn.Module, data: dict, args: argparse.Namespace):
     return step
 
 
-def timeit(step, iters: int, warmup: int, device: str) -> float:
+def interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict[str, float]:
+    """Median seconds per update of each side, alternating sides every iteration (fair under CPU noise)."""
     for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(iters):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
+        for name, fn in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -170,9 +176,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--completion", type=int, default=192)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best time of each side is kept")
+    p.add_argument("--iters", type=int, default=10, help="timed updates per side (interleaved; median reported)")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--ours-entropy", type=float, default=0.0, help="entropy_coef for our side (TRL always computes it)")
     args = p.parse_args()
 
@@ -184,10 +189,7 @@ def main() -> None:
     theirs = trl_step_fn(copy.deepcopy(base), data, args)
     # same loss value on the first step (same weights, same batch): a check that both compute the same thing
     l_ours, l_trl = ours(), theirs()
-    best = {"stepgym": float("inf"), "trl": float("inf")}
-    for _ in range(args.rounds):
-        best["stepgym"] = min(best["stepgym"], timeit(ours, args.iters, args.warmup, args.device))
-        best["trl"] = min(best["trl"], timeit(theirs, args.iters, args.warmup, args.device))
+    best = interleaved({"stepgym": ours, "trl": theirs}, args.iters, args.warmup, args.device)
     tokens = args.batch * (args.prompt + args.completion)
     n_params = sum(p.numel() for p in base.parameters())
     print(
@@ -198,7 +200,7 @@ def main() -> None:
     print(f"batch: {args.batch} x ({args.prompt} prompt + {args.completion} completion) = {tokens} tokens")
     print(f"first-step loss: stepgym {l_ours:.6f}  trl {l_trl:.6f}")
     for name, sec in best.items():
-        print(f"{name:8s} {sec * 1e3:8.1f} ms/update  {tokens / sec:10.0f} tokens/s")
+        print(f"{name:8s} {sec * 1e3:8.1f} ms/update (median)  {tokens / sec:10.0f} tokens/s")
     print(f"ratio stepgym/trl tokens/s: {best['trl'] / best['stepgym']:.2f}x")
 
 
