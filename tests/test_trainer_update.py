@@ -212,3 +212,9 @@ def test_selective_scoring_equals_full_logits():
     for f, p in zip(full, part):
         assert torch.allclose(f * inputs.mask, p, atol=1e-5)
         assert (p[inputs.mask == 0] == 0).all()
+
+
+def test_more_mini_batches_than_rows_is_rejected():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="8 rows cannot fill 9 mini-batches"):
+        _update(model, _inputs(model), micro=8, mini=9)

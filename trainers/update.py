@@ -242,6 +242,10 @@ def ppo_update(
     cfg = loss_config
     if cfg.kl_coef > 0 and inputs.logp_ref is None:
         raise ValueError("loss_config.kl_coef > 0 but inputs.logp_ref is None; compute reference log-probs first")
+    if inputs.num_rows < mini_batches:
+        raise ValueError(
+            f"{inputs.num_rows} rows cannot fill {mini_batches} mini-batches; lower mini_batches or collect more rows"
+        )
     train_value = inputs.returns is not None and value_head is not None
     world = dist.get_world_size() if _distributed() else 1
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
@@ -273,7 +277,7 @@ def ppo_update(
             for k in range(n_micro):
                 rows = torch.arange(k * micro_batch_size, min((k + 1) * micro_batch_size, mb.num_rows))
                 dummy = rows.numel() == 0  # this rank ran out of rows: a zero-weight forward keeps collectives in step
-                micro = mb.rows(rows if not dummy else torch.tensor([0]))
+                micro = mb.rows(rows) if not dummy else inputs.rows(torch.tensor([0]))
                 weight = 0.0 if dummy else 1.0
 
                 scored = micro.mask if micro.aux is None else torch.maximum(micro.mask, micro.aux.target_mask)
