@@ -1,0 +1,266 @@
+"""The trainer's configuration: every knob of a GRPO run, each default written once, here.
+
+All models are frozen pydantic models with ``extra="forbid"``: a misspelt key fails at start-up.
+:func:`save_config` writes the resolved config as ``config.json`` next to a run;
+:func:`load_config` reads it back. The credit method and its keyword arguments are checked
+against the credit registry when the config is built (``trainers/credit.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from stepgym.trainers.credit import check_credit_kwargs
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "EvalConfig",
+    "LoRAConfig",
+    "LossConfig",
+    "OptimConfig",
+    "SamplingConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "load_config",
+    "save_config",
+]
+
+CONFIG_FILENAME = "config.json"
+"""Name of the resolved config written next to every run and inside every checkpoint."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class SamplingConfig(_Config):
+    """How the rollout engine decodes during training."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Softmax temperature of rollouts; the trainer divides logits by the same value."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (1.0 = off)."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Most tokens generated for one agent step."""
+    stop: tuple[str, ...] = ()
+    """Stop strings; a completion ends after the first one."""
+
+
+class OptimConfig(_Config):
+    """Optimizer and learning-rate schedule (AdamW)."""
+
+    lr: float = Field(1e-6, gt=0.0)
+    """Peak learning rate (the papers' 1e-6)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0.0)
+    """AdamW epsilon."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warm-up from 0 to ``lr``."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Shape of the learning rate after warm-up (decays to 0 at ``TrainConfig.total_steps``)."""
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the global gradient norm to this value; ``None`` = no clipping (the norm is still checked)."""
+
+
+class LossConfig(_Config):
+    """The policy loss (ALGORITHMS.md §2)."""
+
+    ratio_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, arXiv 2507.18071 eq. 7)."""
+    clip_eps_low: float = Field(0.2, ge=0.0)
+    """Lower clip: the ratio is clipped to ``1 - clip_eps_low``."""
+    clip_eps_high: float = Field(0.2, ge=0.0)
+    """Upper clip: the ratio is clipped to ``1 + clip_eps_high`` (DAPO's clip-higher uses 0.28)."""
+    dual_clip: float | None = Field(None, gt=1.0)
+    """Dual-clip constant ``c`` for negative advantages (arXiv 1912.09729; 3.0 is usual); ``None`` = off."""
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How per-token losses reduce to a scalar (all normalisers are global over a mini-batch)."""
+    norm_length: int | None = Field(None, ge=1)
+    """Constant length for ``seq-mean-token-sum-norm`` (Dr.GRPO); ``None`` = the padded row length."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of the k3 KL to the reference model (0 = no reference forward)."""
+    kl_clamp: float = Field(10.0, gt=0.0)
+    """The per-token k3 KL is clamped to ``[-kl_clamp, kl_clamp]``."""
+    reference: Literal["none", "initial", "teacher"] = "none"
+    """KL reference: none, the initial policy (frozen copy), or the teacher snapshot (StepOPSD code)."""
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Weight of the entropy bonus (token mean over trainable tokens; subtracted from the loss)."""
+    value_coef: float = Field(0.5, ge=0.0)
+    """Weight of the critic loss for credit methods that return value targets (StepPO)."""
+    value_clip: float | None = Field(0.2, gt=0.0)
+    """Clip range of the critic's value update around the old values; ``None`` = plain MSE."""
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.kl_coef > 0 and self.reference == "none":
+            raise ValueError(
+                f"kl_coef is {self.kl_coef} but reference is 'none'; set reference='initial' or 'teacher', or kl_coef=0"
+            )
+        if self.kl_coef == 0 and self.reference != "none":
+            raise ValueError(
+                f"reference is {self.reference!r} but kl_coef is 0, so it would never be used; set kl_coef > 0 "
+                "or reference='none'"
+            )
+        return self
+
+
+class TeacherConfig(_Config):
+    """The self-distillation teacher (ALGORITHMS.md §4.2-4.3), used by credit methods with ``needs_teacher``."""
+
+    mode: Literal["snapshot", "live"] = "snapshot"
+    """``snapshot``: a frozen copy refreshed every ``snapshot_interval`` steps; ``live``: the current policy."""
+    snapshot_interval: int = Field(10, ge=1)
+    """Optimizer steps between teacher snapshot refreshes (``stale_ref`` in the StepOPSD code)."""
+    hindsight: tuple[str, ...] = ("final_correctness", "peer_trajectory")
+    """Names of the hindsight builders whose text forms the teacher's privileged context, in order."""
+    placement: Literal["inline", "prefix"] = "inline"
+    """``inline``: hindsight right before each step (published); ``prefix``: once before the response."""
+    target: Literal["step", "action"] = "step"
+    """Tokens the teacher rescores: the whole step (reasoning + action) or the action span only."""
+
+
+class EvalConfig(_Config):
+    """Periodic evaluation per subset."""
+
+    every: int = Field(10, ge=0)
+    """Evaluate every this many optimizer steps (0 = never during training)."""
+    subsets: tuple[str, ...] = ()
+    """Subsets to evaluate on; empty = every subset the env has."""
+    tasks_per_subset: int = Field(32, ge=1)
+    """Tasks drawn (seeded) from each subset per evaluation."""
+    temperature: float = Field(0.4, ge=0.0)
+    """Decoding temperature of evaluation rollouts (the papers' validation temperature)."""
+
+
+class LoRAConfig(_Config):
+    """Low-rank adapters through peft (optional)."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    rank: int = Field(16, ge=1)
+    """Adapter rank ``r``."""
+    alpha: float = Field(32.0, gt=0.0)
+    """Adapter scale numerator (``lora_alpha``)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Module names that receive adapters."""
+
+
+class TrainConfig(_Config):
+    """One GRPO-style training run."""
+
+    # ----------------------------------------------------------------------------- model
+    model: str
+    """Local model folder (``from_pretrained``) or a name known to ``stepgym.agents``."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype of the trained model (``bfloat16`` on GPU)."""
+    pad_token_id: int = Field(0, ge=0)
+    """Id written into padding positions (never attended to, never trained)."""
+    lora: LoRAConfig = LoRAConfig()
+    """LoRA options."""
+
+    # ----------------------------------------------------------------------------- environment
+    env_id: str
+    """Registered Gymnasium id, e.g. ``stepgym/SearchQA-v0``."""
+    env_kwargs: dict[str, JsonValue] = {}
+    """Keyword arguments passed to ``gym.make`` for every env in the pool."""
+    train_subsets: tuple[str, ...] = ()
+    """Subsets training tasks are drawn from; empty = all."""
+    num_envs: int = Field(8, ge=1)
+    """Envs in the rollout pool."""
+    env_backend: Literal["inprocess", "process", "ray"] = "inprocess"
+    """Env pool backend."""
+    invalid_action_penalty: float = Field(0.0, ge=0.0)
+    """Subtracted from a step's reward and the trajectory score per invalid action (ALFWorld 0.1, QA 0.01)."""
+
+    # ----------------------------------------------------------------------------- rollout
+    group_size: int = Field(8, ge=1)
+    """Rollouts per task (G)."""
+    tasks_per_step: int = Field(16, ge=1)
+    """Distinct tasks per training step."""
+    layout: Literal["per-step", "concat"] = "per-step"
+    """One token row per agent step (verl-agent) or one per trajectory (Search-R1)."""
+    max_turns: int = Field(50, ge=1)
+    """Most agent steps per episode before truncation."""
+    max_prompt_tokens: int = Field(4096, ge=1)
+    """Most prompt tokens of one model call (longer prompts are cut from the left and recorded)."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Rollout decoding."""
+
+    # ----------------------------------------------------------------------------- credit
+    credit: str = "grpo"
+    """Registered credit method (``trainers/credit.py``), or ``"module:name"``."""
+    credit_kwargs: dict[str, JsonValue] = {}
+    """Keyword-only options of the credit method, checked against its signature at start-up."""
+    teacher: TeacherConfig = TeacherConfig()
+    """Teacher options (used only by methods that need a teacher)."""
+
+    # ----------------------------------------------------------------------------- update
+    optim: OptimConfig = OptimConfig()
+    """Optimizer and schedule."""
+    loss: LossConfig = LossConfig()
+    """Policy loss."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each step's rollouts."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per epoch (the rows are split into this many mini-batches)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Rows per forward/backward; gradients accumulate over a mini-batch."""
+    shuffle_rows: bool = True
+    """Shuffle rows (seeded by ``seed`` and the step) before splitting into mini-batches."""
+    recompute_old_logprobs: bool = True
+    """Recompute ``logp_old`` with the trainer's forward before the update (else use rollout log-probs)."""
+    total_steps: int = Field(150, ge=1)
+    """Training steps (each: rollout, credit, update)."""
+
+    # ----------------------------------------------------------------------------- run
+    eval: EvalConfig = EvalConfig()
+    """Periodic evaluation."""
+    checkpoint_every: int = Field(10, ge=0)
+    """Save a checkpoint every this many steps (0 = only at the end)."""
+    keep_last: int = Field(3, ge=1)
+    """Checkpoints kept on disk (oldest deleted first)."""
+    seed: int = 0
+    """Seed of every random draw in the run (tasks, sampling, shuffling, init of new heads)."""
+    output_dir: str = "runs/default"
+    """Folder for ``config.json``, ``metrics.jsonl`` and ``checkpoints/``."""
+    metric_sinks: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
+    """Where metrics go; JSONL is always written, the others are optional extras."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        method = check_credit_kwargs(self.credit, dict(self.credit_kwargs))
+        if self.loss.reference == "teacher" and not method.needs_teacher:
+            raise ValueError(
+                f"loss.reference is 'teacher' but credit method {method.name!r} uses no teacher; "
+                "use reference='initial' or a teacher-based credit method"
+            )
+        return self
+
+
+def save_config(config: TrainConfig, folder: str | Path) -> Path:
+    """Write the resolved ``config`` (every field, defaults included) as ``folder/config.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a config written by :func:`save_config` (a file, or a folder holding ``config.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no config at {path}; a run folder holds {CONFIG_FILENAME} written by save_config")
+    return TrainConfig.model_validate_json(path.read_text())

@@ -1,0 +1,380 @@
+"""The PPO-style policy update: mini-batches, micro-batches with gradient accumulation, guards.
+
+Given padded rows and per-token advantages (from a credit method), :func:`ppo_update` runs
+``ppo_epochs`` passes; each pass shuffles the rows (seeded generator), splits them into
+``mini_batches`` optimizer steps, and each optimizer step into micro-batches of
+``micro_batch_size`` rows whose gradients accumulate. Every aggregation normaliser (token count,
+row count, target-token count) is computed over the whole mini-batch -- and summed over processes
+when ``torch.distributed`` is initialised -- so 1 micro-batch of 8 rows, 8 of 1 row, or 2
+processes of 4 rows give the same gradient up to float rounding.
+
+A non-finite loss or gradient norm raises :class:`NonFiniteError` before ``optimizer.step()``:
+the weights of that optimizer step are untouched and no checkpoint is written by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+from stepgym.trainers.config import LossConfig
+from stepgym.trainers.credit import AuxLoss
+from stepgym.trainers.losses import (
+    aggregate,
+    aggregation_normalizer,
+    clipped_surrogate,
+    entropy_from_logits,
+    kl_k3,
+)
+
+__all__ = ["NonFiniteError", "UpdateInputs", "compute_logprobs", "ppo_update", "token_logprobs"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient was NaN/inf; the optimizer step was not taken."""
+
+
+# =========================================================================== log-probs
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L] long
+    attention_mask: torch.Tensor,  # [B, L]
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    value_head: torch.nn.Module | None = None,
+    score_mask: torch.Tensor | None = None,  # [B, L]
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # ([B, L], [B, L] | None, [B, L] | None)
+    """Log-prob of each token given its prefix, aligned to the token's position.
+
+    ``logp[b, l] = log_softmax(logits[b, l-1] / T)[ids[b, l]]`` for ``l >= 1`` and 0 at ``l = 0``
+    (the same quantity the rollout engine reports for sampled tokens, ``agents/policy.py``).
+    ``entropy[b, l]`` is the entropy of that same distribution; ``values[b, l]`` the value head's
+    output on the hidden state that *predicts* token ``l`` (position ``l-1``), so it lines up with
+    the token it scores.
+
+    With ``score_mask``, only positions where it is 1 are scored (0 elsewhere): the LM head then
+    runs on those hidden states only, never materialising ``[B, L, V]`` logits (models exposing
+    ``get_decoder()`` / ``get_output_embeddings()``, not FSDP-wrapped; others take the full path).
+    """
+    t = temperature if temperature > 0 else 1.0
+    decoder = getattr(model, "get_decoder", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    selective = score_mask is not None and decoder is not None and head is not None and not _is_fsdp(model)
+    pad = torch.zeros(input_ids.shape[0], 1, device=input_ids.device)  # [B, 1]
+    if selective:
+        hidden = decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1]  # [B, L-1, H] state l-1 predicts token l
+        where = score_mask[:, 1:] > 0  # [B, L-1]
+        logits = head(hidden[where]).float() / t  # [N, V]
+        tok = input_ids[:, 1:][where]  # [N]
+        picked = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [N]
+
+        def scatter(v: torch.Tensor) -> torch.Tensor:  # [N] -> [B, L]
+            full = torch.zeros(where.shape, dtype=v.dtype, device=v.device).masked_scatter(where, v)  # [B, L-1]
+            return torch.cat([pad.to(v.dtype), full], dim=1)
+
+        logp = scatter(picked)
+        entropy = scatter(entropy_from_logits(logits)) if with_entropy else None
+        values = scatter(value_head(hidden[where]).squeeze(-1).float()) if value_head is not None else None
+        return logp, entropy, values
+
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=value_head is not None
+    )
+    logits = out.logits[:, :-1].float() / t  # [B, L-1, V]
+    targets = input_ids[:, 1:].unsqueeze(-1)  # [B, L-1, 1]
+    logp = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, L-1]
+    logp = torch.cat([pad, logp], dim=1)  # [B, L]
+    entropy = torch.cat([pad, entropy_from_logits(logits)], dim=1) if with_entropy else None  # [B, L]
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1][:, :-1]  # [B, L-1, H]
+        values = torch.cat([pad, value_head(hidden).squeeze(-1).float()], dim=1)  # [B, L]
+    if score_mask is not None:
+        logp = logp * score_mask
+        entropy = entropy * score_mask if entropy is not None else None
+        values = values * score_mask if values is not None else None
+    return logp, entropy, values
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
+@torch.no_grad()
+def compute_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor,  # [B, L]
+    *,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    score_mask: torch.Tensor | None = None,  # [B, L]
+) -> torch.Tensor:  # [B, L]
+    """:func:`token_logprobs` without grad, in micro-batches (old-policy and reference log-probs)."""
+    parts = [
+        token_logprobs(
+            model,
+            input_ids[i : i + micro_batch_size],
+            attention_mask[i : i + micro_batch_size],
+            temperature=temperature,
+            score_mask=None if score_mask is None else score_mask[i : i + micro_batch_size],
+        )[0]
+        for i in range(0, input_ids.shape[0], micro_batch_size)
+    ]
+    return torch.cat(parts, dim=0)
+
+
+# =========================================================================== inputs
+@dataclass(frozen=True)
+class UpdateInputs:
+    """Everything the update reads, for ``B`` rows of length ``L`` (this process's rows)."""
+
+    input_ids: torch.Tensor
+    """[B, L] long."""
+    attention_mask: torch.Tensor
+    """[B, L] 1 on real tokens."""
+    mask: torch.Tensor
+    """[B, L] float: trainable tokens."""
+    logp_old: torch.Tensor
+    """[B, L] float: behaviour-policy log-probs."""
+    advantages: torch.Tensor
+    """[B, L] float: per-token advantages from the credit method."""
+    logp_ref: torch.Tensor | None = None
+    """[B, L] float: reference-model log-probs for the KL term."""
+    aux: AuxLoss | None = None
+    """Auxiliary per-token loss from the credit method (SDAR, OPSD)."""
+    returns: torch.Tensor | None = None
+    """[B, L] float: value targets (credit methods with a critic)."""
+    values_old: torch.Tensor | None = None
+    """[B, L] float: the critic's values before the update (for value clipping)."""
+
+    def rows(self, index: torch.Tensor) -> UpdateInputs:
+        """The subset of rows ``index`` (a 1-D long tensor)."""
+
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[index]
+
+        aux = self.aux
+        if aux is not None:
+            aux = replace(aux, target_mask=aux.target_mask[index], logp_teacher=aux.logp_teacher[index])
+        return UpdateInputs(
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            mask=self.mask[index],
+            logp_old=self.logp_old[index],
+            advantages=self.advantages[index],
+            logp_ref=pick(self.logp_ref),
+            aux=aux,
+            returns=pick(self.returns),
+            values_old=pick(self.values_old),
+        )
+
+    @property
+    def num_rows(self) -> int:
+        """B."""
+        return int(self.input_ids.shape[0])
+
+
+# =========================================================================== the update
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(x, op=op)
+    return x
+
+
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
+    if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def ppo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: UpdateInputs,
+    *,
+    loss_config: LossConfig,
+    ppo_epochs: int = 1,
+    mini_batches: int = 1,
+    micro_batch_size: int = 8,
+    max_grad_norm: float | None = 1.0,
+    temperature: float = 1.0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    value_head: torch.nn.Module | None = None,
+    generator: torch.Generator | None = None,
+    on_micro_batch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Run the PPO-style update; returns ``loss/...`` and ``optim/...`` metrics (means over optimizer steps).
+
+    Args:
+        model: The policy (a causal LM; FSDP2-sharded or not).
+        optimizer: Its optimizer (the value head's parameters included when there is one).
+        inputs: This process's rows.
+        loss_config: Clip, ratio level, KL, entropy, aggregation, value-loss settings.
+        ppo_epochs: Passes over the rows.
+        mini_batches: Optimizer steps per pass.
+        micro_batch_size: Rows per forward/backward.
+        max_grad_norm: Global gradient-norm clip (``None`` = no clip; the norm is still checked).
+        temperature: Rollout temperature (logits are divided by it, as during sampling).
+        scheduler: Stepped once per optimizer step.
+        value_head: Critic head on the last hidden state, trained when ``inputs.returns`` is set.
+        generator: Seeded generator for row shuffling; ``None`` keeps the row order.
+        on_micro_batch: Called with each micro-batch's loss terms (for tests and debugging).
+
+    Raises:
+        NonFiniteError: A loss or the gradient norm is NaN/inf (the optimizer step is not taken).
+        ValueError: KL is on but ``inputs.logp_ref`` is missing.
+    """
+    cfg = loss_config
+    if cfg.kl_coef > 0 and inputs.logp_ref is None:
+        raise ValueError("loss_config.kl_coef > 0 but inputs.logp_ref is None; compute reference log-probs first")
+    if inputs.num_rows < mini_batches:
+        raise ValueError(
+            f"{inputs.num_rows} rows cannot fill {mini_batches} mini-batches; lower mini_batches or collect more rows"
+        )
+    train_value = inputs.returns is not None and value_head is not None
+    world = dist.get_world_size() if _distributed() else 1
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    norm_length = cfg.norm_length if cfg.norm_length is not None else int(inputs.input_ids.shape[1])
+    totals: dict[str, float] = {}
+    n_opt_steps = 0
+    model.train()
+
+    for epoch in range(ppo_epochs):
+        order = torch.randperm(inputs.num_rows, generator=generator) if generator is not None else None
+        order = order if order is not None else torch.arange(inputs.num_rows)
+        for mb_index, mb_rows in enumerate(torch.tensor_split(order, mini_batches)):
+            mb = inputs.rows(mb_rows)
+            # ---- normalisers over the whole mini-batch (and every process)
+            counts = torch.tensor(
+                [
+                    aggregation_normalizer(mb.mask, cfg.aggregation, norm_length=norm_length),
+                    float(mb.mask.sum()),
+                    float(mb.aux.target_mask.sum()) if mb.aux is not None else 0.0,
+                ],
+                dtype=torch.float64,
+            )
+            pg_norm, tok_norm, tgt_norm = (max(float(c), 1.0) for c in _all_reduce(counts))
+            n_micro = torch.tensor([math.ceil(mb.num_rows / micro_batch_size)])
+            n_micro = int(_all_reduce(n_micro, dist.ReduceOp.MAX))  # every rank runs as many forwards
+
+            optimizer.zero_grad(set_to_none=True)
+            step_terms: dict[str, float] = {}
+            for k in range(n_micro):
+                rows = torch.arange(k * micro_batch_size, min((k + 1) * micro_batch_size, mb.num_rows))
+                dummy = rows.numel() == 0  # this rank ran out of rows: a zero-weight forward keeps collectives in step
+                micro = mb.rows(rows) if not dummy else inputs.rows(torch.tensor([0]))
+                weight = 0.0 if dummy else 1.0
+
+                scored = micro.mask if micro.aux is None else torch.maximum(micro.mask, micro.aux.target_mask)
+                logp, entropy, values = token_logprobs(
+                    model,
+                    micro.input_ids,
+                    micro.attention_mask,
+                    temperature=temperature,
+                    with_entropy=cfg.entropy_coef > 0,
+                    value_head=value_head if train_value else None,
+                    score_mask=scored,
+                )
+                mask = micro.mask * weight  # [b, L]
+                # ---- policy gradient (ALGORITHMS.md §2)
+                pg_tok, clipped = clipped_surrogate(
+                    logp,
+                    micro.logp_old,
+                    micro.advantages,
+                    mask,
+                    clip_eps_low=cfg.clip_eps_low,
+                    clip_eps_high=cfg.clip_eps_high,
+                    dual_clip=cfg.dual_clip,
+                    level=cfg.ratio_level,
+                )  # [b, L]
+                if micro.aux is not None and micro.aux.replaces_policy_loss:
+                    pg_tok = pg_tok * 0.0
+                per_token = pg_tok
+                kl_tok = None
+                if cfg.kl_coef > 0:
+                    kl_tok = kl_k3(logp, micro.logp_ref, mask, clamp=cfg.kl_clamp)  # [b, L]
+                    per_token = per_token + cfg.kl_coef * kl_tok
+                policy_loss = aggregate(per_token, mask, cfg.aggregation, normalizer=pg_norm)
+                terms = {"policy": aggregate(pg_tok, mask, cfg.aggregation, normalizer=pg_norm)}
+                loss = policy_loss
+                if kl_tok is not None:
+                    terms["kl"] = (kl_tok * mask).sum() / tok_norm
+                if entropy is not None:
+                    ent = (entropy * mask).sum() / tok_norm
+                    terms["entropy"] = ent
+                    loss = loss - cfg.entropy_coef * ent
+                if micro.aux is not None:
+                    target = micro.aux.target_mask * weight  # [b, L]
+                    aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target)  # [b, L]
+                    aux_loss = (aux_tok * target).sum() / tgt_norm
+                    terms["aux"] = aux_loss
+                    loss = loss + micro.aux.coef * aux_loss
+                if train_value:
+                    v_err = (values - micro.returns) ** 2  # [b, L]
+                    if cfg.value_clip is not None and micro.values_old is not None:
+                        v_clip = micro.values_old + (values - micro.values_old).clamp(-cfg.value_clip, cfg.value_clip)
+                        v_err = torch.maximum(v_err, (v_clip - micro.returns) ** 2)  # PPO value clipping
+                    value_loss = 0.5 * (v_err * mask).sum() / tok_norm
+                    terms["value"] = value_loss
+                    loss = loss + cfg.value_coef * value_loss
+                terms["clip_frac"] = (clipped * mask).sum() / tok_norm
+                terms["approx_kl"] = (0.5 * (logp - micro.logp_old) ** 2 * mask).sum() / tok_norm
+                terms["total"] = loss
+
+                if not torch.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+                    raise NonFiniteError(
+                        f"non-finite loss at epoch {epoch}, mini-batch {mb_index}, micro-batch {k} ({bad}); "
+                        "the optimizer step was not taken and the weights are unchanged since the last step. "
+                        "Check logp_old/advantages for NaN, lower the learning rate, or use float32."
+                    )
+                # FSDP averages gradients over processes; the normalisers are already global, so undo the mean
+                (loss * world).backward()
+                detached = {k: float(v.detach()) for k, v in terms.items()}
+                if on_micro_batch is not None:
+                    on_micro_batch(detached)
+                for key, v in detached.items():
+                    step_terms[key] = step_terms.get(key, 0.0) + v
+
+            grad_norm = _grad_norm(params, max_grad_norm)
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(
+                    f"non-finite gradient norm ({grad_norm}) at epoch {epoch}, mini-batch {mb_index}; the optimizer "
+                    "step was not taken and the weights are unchanged since the last step. Lower the learning "
+                    "rate, set optim.max_grad_norm, or check the inputs for extreme log-probs."
+                )
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n_opt_steps += 1
+            step_terms["grad_norm"] = grad_norm
+            for key, v in step_terms.items():
+                totals[key] = totals.get(key, 0.0) + v
+
+    grad_norm_total = totals.pop("grad_norm", 0.0)
+    if _distributed() and totals:  # each process holds its rows' share of every (globally normalised) term
+        keys = sorted(totals)
+        summed = _all_reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
+        totals = dict(zip(keys, summed.tolist()))
+    metrics = {f"loss/{k}": v / max(n_opt_steps, 1) for k, v in totals.items()}
+    metrics["optim/grad_norm"] = grad_norm_total / max(n_opt_steps, 1)
+    metrics["optim/lr"] = float(optimizer.param_groups[0]["lr"])
+    metrics["optim/steps"] = float(n_opt_steps)
+    return metrics
