@@ -35,6 +35,7 @@ __all__ = [
 
 BUILTIN_ENVS: dict[str, str] = {
     # id: entry point  (one line per env; keep sorted)
+    "stepgym/SearchQA-v0": "stepgym.envs.searchqa:SearchQAEnv",
 }
 """Every env id stepgym registers, with its string entry point."""
 
