@@ -1,6 +1,6 @@
 """Scripted Search-QA agents: an oracle (upper bound) and a "first passage title" baseline.
 
-Both search the question once, then answer. They are :class:`~stepgym.agents.scripted.TextAgent`\\ s
+Both search the question once, then answer. They are text agents (:class:`~stepgym.agents.scripted.TextAgent`)
 for ``stepgym/SearchQA-v0`` (its reset ``info`` carries ``question`` and ``golden_answers``).
 """
 

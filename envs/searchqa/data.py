@@ -3,7 +3,7 @@
 Layout (see ``shared/data/searchqa/README.md``)::
 
     <data>/searchqa/<subset>/questions.jsonl   {"id", "question", "golden_answers": [...], "dataset"}
-    <data>/searchqa/corpus.jsonl               {"id", "contents": "\\"Title\\"\\ntext"}
+    <data>/searchqa/corpus.jsonl               {"id", "contents": "<quoted title><newline><text>"}
 
 Split: ``train`` is a deterministic 80% of ``nq`` and ``hotpotqa`` (the in-domain training subsets
 of Search-R1), chosen by a stable hash of the question id (:func:`in_train_split`); ``test`` is the

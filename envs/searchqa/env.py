@@ -3,7 +3,7 @@
 One episode = one question. Each step the agent writes optional reasoning, then exactly one action:
 
 - ``<search>query</search>``: the observation is the top-``topk`` passages as
-  ``<information>Doc 1(Title: "T") text\\nDoc 2(...) ...</information>``; reward 0.
+  ``<information>Doc 1(Title: "T") text <newline> Doc 2(...) ...</information>``; reward 0.
 - ``<answer>text</answer>``: the episode terminates with reward = exact match (1.0 / 0.0) against any
   golden answer (SQuAD normalisation); ``info`` has ``em``, ``f1`` and ``won``.
 - anything else (no complete tag, two actions, an empty tag) is an invalid step: the observation
