@@ -103,3 +103,11 @@ def test_dense_full_collection(real_index_dir):
     pytest.importorskip("faiss")
     dense = retr.get_retriever("dense", load_collection(), real_index_dir, show_progress=True)
     assert "p006404" in [p.id for p in dense.search([PRODIGAL], 3)[0]]
+
+
+def test_forked_worker_with_a_parent_jvm_says_how_to_fix(lucene, real_index_dir):
+    kwargs = {"subset": "nq", "split": "all", "retriever": "bm25", "index_dir": real_index_dir}
+    pool = EnvPool("stepgym/SearchQA-v0", 1, backend="process", env_kwargs=kwargs, start_method="fork")
+    ((obs, info),) = pool.reset(options=[{"task_id": "nq/nq_test_3283"}])
+    pool.close()
+    assert obs == "" and "start_method='spawn'" in info["error"]

@@ -466,6 +466,8 @@ def get_retriever(
     root = str(Path(index_dir).expanduser()) if index_dir is not None else str(default_index_dir())
     key = (name, collection.content_hash, root, tuple(sorted(kwargs.items())))
     with _CACHE_LOCK:
+        if name == "bm25" and key in _CACHE and getattr(_CACHE[key], "_pid", None) != os.getpid():
+            start_jvm()  # inherited through fork: raises with the fix (spawn, or no JVM in the parent)
         if key not in _CACHE:
             if name == "bm25":
                 _CACHE[key] = LuceneBM25Retriever(collection, root, **kwargs)
