@@ -286,6 +286,7 @@ def test_dense_tiny_collection_and_embedding_cache(tmp_path):
     coll = Collection.from_contents(PASSAGES)
     first = retr.DenseRetriever(coll, tmp_path, shard_size=4, show_progress=False)
     assert first.encoded_passages == 6  # two shards: 4 + 2
+    assert first.path == tmp_path / coll.content_hash / "dense-all-MiniLM-L6-v2"
     assert sorted(p.name for p in first.path.glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
     second = retr.DenseRetriever(coll, tmp_path, shard_size=4, show_progress=False)
     assert second.encoded_passages == 0 and second.build_seconds is None  # never re-encoded

