@@ -19,8 +19,10 @@ import sys
 import tempfile
 import time
 
+import gymnasium as gym
 import stepgym.envs  # noqa: F401 - registers the ids
-from stepgym.agents.searchqa_agents import OracleSearchQAAgent
+from stepgym.agents.scripted import run_episode
+from stepgym.agents.searchqa_agents import FirstTitleAgent, OracleSearchQAAgent
 from stepgym.envs import EnvPool
 from stepgym.envs.searchqa import Collection, load_collection, load_questions
 from stepgym.envs.searchqa import retrievers as retr
@@ -88,6 +90,23 @@ def _env_rate(name: str, index_dir: str, num_envs: int, rounds: int) -> tuple[fl
     return steps / total, 1000 * spent[0] / steps, 1000 * (total - spent[0]) / steps
 
 
+def _baseline_em(name: str, index_dir: str) -> dict[str, tuple[int, float]]:
+    """Exact match of the "first passage title" baseline on the test split, per subset."""
+    env = gym.make("stepgym/SearchQA-v0", subset="all", split="test", retriever=name, index_dir=index_dir).unwrapped
+    scores: dict[str, list[float]] = {}
+    for task in env.task_ids:
+        steps = run_episode(env, FirstTitleAgent(), options={"task_id": task})
+        scores.setdefault(env.task_subset(task), []).append(steps[-1][5]["em"])
+    return {k: (len(v), sum(v) / len(v)) for k, v in scores.items()}
+
+
+def _print_baseline(names: list[str], index_dir: str) -> None:
+    print('\n"First passage title" baseline, exact match on the test split (top-3, one search):\n')
+    for name in [n for n in names if n != "dense"]:
+        em = _baseline_em(name, index_dir)
+        print(f"| {name} | " + " | ".join(f"{k} {v:.3f} (n={n})" for k, (n, v) in em.items()) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=2000, help="questions used as queries (all subsets, in order)")
@@ -100,18 +119,22 @@ def main() -> None:
         "--dense-passages", type=int, default=-1, help="also run dense on the first N passages (0 = all; -1 = skip)"
     )
     ap.add_argument("--index-dir", default=None, help="cache root (default: a fresh temporary folder = cold build)")
+    ap.add_argument("--skip-speed", action="store_true", help="only print the baseline's exact match")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     index_dir = args.index_dir or tempfile.mkdtemp(prefix="stepgym-bench-index-")
     collection = load_collection()
     queries = [q.question for q in load_questions("all", "all")][: args.queries]
+    names = [n for n in args.retrievers.split(",") if n]
+    if args.skip_speed:
+        _print_baseline(names, index_dir)
+        return
     print(f"# Search-QA retrieval benchmark: {platform.machine()} {platform.processor() or ''}".rstrip())
     print(f"collection: {len(collection)} passages, hash {collection.content_hash}; {len(queries)} queries")
     print(f"index dir: {index_dir}\n")
     print(f"| retriever | build s (cold) | start s (warm, new process) | q/s single | q/s batched ({args.batch}) |")
     print("|---|---|---|---|---|")
-    names = [n for n in args.retrievers.split(",") if n]
     for name in names:
         t = time.perf_counter()
         r = retr.get_retriever(name, collection, index_dir)
@@ -140,6 +163,7 @@ def main() -> None:
     for name in [n for n in names if n != "dense"]:
         rate, in_ret, overhead = _env_rate(name, index_dir, args.envs, args.rounds)
         print(f"| {name} | {rate:,.0f} | {in_ret:.3f} | {overhead:.3f} |")
+    _print_baseline(names, index_dir)
     if args.index_dir is None:
         print(f"\n(cold caches were built in {index_dir}; delete it when done)")
 
