@@ -40,6 +40,7 @@ BUILTIN_ENVS: dict[str, str] = {
     "stepgym/Sandbox-Null-v0": "stepgym.envs.sandbox:SandboxNullEnv",
     "stepgym/Sandbox-One-v0": "stepgym.envs.sandbox:SandboxOneEnv",
     "stepgym/Sandbox-Two-v0": "stepgym.envs.sandbox:SandboxTwoEnv",
+    "stepgym/SearchQA-v0": "stepgym.envs.searchqa:SearchQAEnv",
 }
 """Every env id stepgym registers, with its string entry point."""
 
