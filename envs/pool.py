@@ -18,6 +18,8 @@ worker answers its requests in order, so a step waits only for the resets queued
 
 An env class may define ``step_batch(envs, actions) -> list[tuple]`` as a classmethod: a host then
 steps all of its envs of that class with one call (e.g. one batched retrieval for many searches).
+If ``step_batch`` raises, every episode of that call is truncated with the error (never re-stepped:
+some envs may already have applied their action).
 """
 
 from __future__ import annotations
@@ -136,10 +138,13 @@ class EnvHost:
                     raise RuntimeError(f"step_batch returned {len(outs)} results for {len(group)} envs")
                 for s, o in zip(slots, outs):
                     results[s] = EnvStep(o[0], float(o[1]), bool(o[2]), bool(o[3]), dict(o[4]))
-            except Exception:  # noqa: BLE001 - fall back to one-by-one to isolate the culprit
-                logger.warning("step_batch of %s failed; stepping one by one", cls.__name__, exc_info=True)
-                for s, a in group:
-                    results[s] = self._step_one(s, a)
+            except Exception as e:  # noqa: BLE001 - contained: the group's episodes are truncated
+                # Some envs may already have stepped inside the failed batch, so stepping them again
+                # one by one could apply an action twice: every episode of the group ends here.
+                logger.warning("step_batch of %s failed; truncating its %d episodes", cls.__name__, len(group))
+                for s in slots:
+                    self._drop(s)
+                    results[s] = EnvStep("", 0.0, False, True, _error_info("step_batch", e))
         return [results[slot] for slot, _ in items]
 
     def _step_one(self, slot: int, action: str) -> EnvStep:

@@ -159,3 +159,31 @@ def test_step_batch_hook_gets_one_call_per_host():
         pool.reset(seeds=[0, 1, 2, 3])
         pool.step({i: "<action>guess 4</action>" for i in range(4)})
     assert _BatchCounter.calls == [4]
+
+
+def test_failing_step_batch_truncates_its_group_without_stepping_twice():
+    import gymnasium as gym
+
+    from thirdparty_env import GuessDigitEnv
+
+    class HalfBatched(GuessDigitEnv):
+        steps_taken = 0
+
+        def _step(self, action_text):
+            HalfBatched.steps_taken += 1
+            return super()._step(action_text)
+
+        @classmethod
+        def step_batch(cls, envs, actions):
+            envs[0].step(actions[0])  # the first env moves, then the batch fails
+            raise RuntimeError("retriever down")
+
+    gym.register("thirdparty/GuessHalfBatched-v0", entry_point=HalfBatched)
+    with EnvPool("thirdparty/GuessHalfBatched-v0", 3) as pool:
+        pool.reset(seeds=[0, 1, 2])
+        out = pool.step({i: "<action>guess 4</action>" for i in range(3)})
+        assert HalfBatched.steps_taken == 1  # nobody stepped twice
+        assert all(o.truncated and "retriever down" in o.info["error"] for o in out.values())
+        assert pool.active() == []
+        pool.reset(seeds=[0, 1, 2])  # rebuilt and usable again
+        assert pool.active() == [0, 1, 2]
