@@ -163,7 +163,6 @@ def test_step_batch_hook_gets_one_call_per_host():
 
 def test_failing_step_batch_truncates_its_group_without_stepping_twice():
     import gymnasium as gym
-
     from thirdparty_env import GuessDigitEnv
 
     class HalfBatched(GuessDigitEnv):
