@@ -1,15 +1,46 @@
 """The GRPO training loop, top to bottom.
 
-"Our GRPO", exactly: every step draws ``tasks_per_step`` tasks (seeded by ``(seed, step)``) and
-rolls out ``group_size`` episodes of each with the current policy; every ``TokenSequence`` becomes a
-row (``trainers/batch.py``); ``logp_old`` is recomputed by the trainer's forward (unless
-``recompute_old_logprobs`` is off); methods that need a teacher get teacher log-probs of the same
-tokens; the configured credit method (a registry entry, built-ins included) turns scores into
-per-token advantages; ``ppo_update`` runs ``ppo_epochs`` x ``mini_batches`` clipped-surrogate
-optimizer steps (optional k3 KL to the reference model, entropy bonus, auxiliary loss); the rollout
-engine receives the new weights; the teacher snapshot is refreshed every
-``teacher.snapshot_interval`` steps; evaluation and checkpoints run on their cadence. Metrics go to
-``<output_dir>/metrics.jsonl`` with namespaced keys.
+"Our GRPO", exactly (the defaults of ``TrainConfig``; every knob named is a config field):
+
+1. **Rollout.** Each training step ``s`` draws ``tasks_per_step`` tasks from ``train_subsets``
+   (with NumPy seeded by ``step_seed(seed, s)``; with replacement only when there are fewer tasks)
+   and the current policy plays ``group_size`` episodes of each, sampling at
+   ``sampling.temperature``/``top_p`` with the same per-step seed. An episode ends at termination,
+   at ``max_turns`` or at a token cap (truncation).
+2. **Rows.** Every ``TokenSequence`` is a row: one per agent step (``layout="per-step"``, the
+   prompt holds the history) or one per trajectory (``"concat"``, observations in between). Only
+   generated tokens are trainable (``mask``); observation, prompt and padding tokens never enter any
+   loss term. A trajectory's score is its outcome minus ``invalid_action_penalty`` per invalid step.
+3. **Old log-probs.** ``logp_old`` is recomputed with the trainer's forward at the rollout
+   temperature (``recompute_old_logprobs``; off = the engine's sampled log-probs).
+4. **Credit.** The configured method (registry, ``trainers/credit.py``) turns scores into
+   per-token advantages. Default ``grpo``: per group, ``A = (R - mean_g) / (std_g + 1e-6)``
+   (unbiased std; all-equal groups give exactly 0), the trajectory's ``A`` broadcast to every
+   trainable token of all its rows (DeepSeekMath, arXiv 2402.03300, outcome supervision).
+   Methods with ``needs_teacher`` get teacher log-probs of the same tokens (the snapshot or live
+   policy under hindsight context, ``teacher.*``); methods with ``needs_values`` (StepPO) get the
+   critic's values: a zero-initialised linear :class:`~stepgym.trainers.value.ValueHead` on the
+   policy's last hidden state (shared backbone), attached after LoRA, read at the token before
+   each step. NaN/inf advantages or returns on trainable tokens stop the run here.
+5. **Update** (``ppo_update``). ``ppo_epochs`` passes; each shuffles the rows (seeded) and takes
+   ``mini_batches`` AdamW steps, each accumulating gradients over micro-batches of
+   ``micro_batch_size`` rows. Per token: the clipped surrogate ``-min(r A, clip(r, 1-eps_low,
+   1+eps_high) A)`` with ``r`` per token (default) or GSPO's per sequence, optional dual clip;
+   plus ``kl_coef`` x k3 KL to the reference (off by default), minus ``entropy_coef`` x entropy
+   (off), plus the method's auxiliary loss (SDAR/OPSD) and, for StepPO, ``value_coef`` x the
+   clipped MSE of ``V_k`` to the step return ``G_k`` at each step's value position only
+   (ALGORITHMS.md §8). Aggregation default ``token-mean`` (sum over trainable tokens / their
+   count, DAPO-style; ``seq-mean-token-mean`` is the GRPO paper's), with every normaliser computed
+   over the whole mini-batch and all processes, so micro-batching and sharding do not change the
+   update. Gradient norm clipped to ``optim.max_grad_norm`` (1.0); lr ``optim.lr`` (1e-6) with the
+   configured warm-up/schedule, stepped per optimizer step. With the defaults (1 epoch, 1
+   mini-batch, recomputed ``logp_old``) the update is on-policy: ``r = 1`` and clipping is inactive.
+   A NaN/inf loss or gradient norm raises before ``optimizer.step()``.
+6. **Sync, teacher, evaluation, checkpoint.** The rollout engine gets the new weights (in-process
+   the policy shares the module); the teacher snapshot is refreshed every
+   ``teacher.snapshot_interval`` steps; every ``eval.every`` steps each eval subset is played once
+   per task at ``eval.temperature``; every ``checkpoint_every`` steps (and at the end) an atomic
+   checkpoint is written. Metrics go to ``<output_dir>/metrics.jsonl`` with namespaced keys.
 
 The loop is written against two pluggable functions so it does not depend on a particular engine:
 
@@ -18,9 +49,14 @@ The loop is written against two pluggable functions so it does not depend on a p
 * ``teacher(teacher_model, batch, trajectories) -> (logp_teacher, target_mask)`` -- needed only by
   credit methods with ``needs_teacher`` (``stepgym.distill.rescore.teacher_logprobs`` provides it).
 
-Resuming: the newest checkpoint under ``<output_dir>/checkpoints`` is loaded (weights, optimizer,
-scheduler, RNGs, step); every per-step random draw is seeded from ``(seed, step)``, so the steps
-after a resume reproduce an uninterrupted run's metrics exactly.
+Several processes (``torchrun --nproc_per_node N -m stepgym.trainers.launch CONFIG.json``): rank 0
+rolls out on an unsharded replica and broadcasts the trajectories; every rank computes the credit
+on all rows and updates its contiguous share of them on the FSDP2-sharded model (optimizer after
+sharding); the replica is re-synced from the full weights after every update.
+
+Resuming: the newest checkpoint under ``<output_dir>/checkpoints`` is loaded (weights with the value
+head, optimizer, scheduler, RNGs, step); every per-step random draw is seeded from ``(seed, step)``,
+so the steps after a resume reproduce an uninterrupted run's metrics exactly.
 """
 
 from __future__ import annotations
