@@ -61,10 +61,11 @@ so the steps after a resume reproduce an uninterrupted run's metrics exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,6 +83,7 @@ from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
 from stepgym.trainers.update import (
     NonFiniteError,
     UpdateInputs,
+    _is_fsdp,
     compute_logprobs,
     compute_logprobs_and_values,
     ppo_update,
@@ -118,6 +120,23 @@ def _broadcast_trajectories(trajs: list[Trajectory] | None) -> list[Trajectory]:
     box = [[t.model_dump_json() for t in trajs] if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return [Trajectory.model_validate_json(s) for s in box[0]]
+
+
+@contextlib.contextmanager
+def _unsharded(model: torch.nn.Module) -> Iterator[None]:
+    """Gather an FSDP2 root's own parameters (embeddings, final norm, LM head) while the body runs.
+
+    For code that calls the decoder and the LM head directly instead of ``model(...)`` (teacher
+    rescoring); the sharded layers gather themselves in their own forward hooks.
+    """
+    if not _is_fsdp(model):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def _sync_replica(model: torch.nn.Module, replica: torch.nn.Module | None) -> None:
@@ -291,7 +310,7 @@ def train(
             credit = replace(credit, logp_old=logp_old * credit.mask)
         if method.needs_teacher:
             scorer = teacher_model if teacher_model is not None else model
-            with torch.no_grad():
+            with torch.no_grad(), _unsharded(scorer):
                 logp_teacher, target_mask = teacher(scorer, batch, trajs)
             credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask)
         out_credit = method(credit, **dict(config.credit_kwargs))
