@@ -246,6 +246,15 @@ def train(
         reference = shard_model(reference) if reference is not None else None
         teacher_model = shard_model(teacher_model) if teacher_model is not None else None
     optimizer = build_optimizer(model.parameters(), config.optim)  # after sharding: over the DTensor shards
+    low = [p for group in optimizer.param_groups for p in group["params"] if p.dtype in (torch.bfloat16, torch.float16)]
+    if low and config.optim.lr < 1e-4:
+        logger.warning(
+            "AdamW updates %d half-precision tensors in place at lr=%g: bfloat16 keeps 8 significant bits, so "
+            "an update below ~0.2%% of a weight rounds away and most weights never move (there are no float32 "
+            "master weights). Train in dtype='float32', or with LoRA (peft keeps adapters in float32).",
+            len(low),
+            config.optim.lr,
+        )
     updates_per_step = config.ppo_epochs * config.mini_batches
     scheduler = build_scheduler(optimizer, config.optim, config.total_steps * updates_per_step)
     start = 0
