@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from stepgym.trainers.config import TrainConfig
 
-# Tolerance: after one StepPO step the 2-process weights equal the 1-process ones up to float32
+# Tolerance: after one step the 2-process weights equal the 1-process ones up to float32
 # summation order (each rank sums its rows' gradient, gloo adds the two partial sums; micro-batches
 # hold 2 rows instead of 4). AdamW's first step is lr * g / (|g| + eps); eps = 1 makes it a smooth
 # function of g (with the default 1e-8 it is lr * sign(g), which flips on rounding noise for g ~ 0).
