@@ -18,6 +18,7 @@ default) and that tokenizer to a folder that :func:`stepgym.agents.models.load_m
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def sandbox_words() -> list[str]:
 
     words = set(SandboxEnv.vocabulary()) | set(split_words(_EXTRA_TEXT))
     words |= {w.capitalize() for w in words if w.isalpha()} | {w.lower() for w in words if w.isalpha()}
-    words |= set("0123456789")
+    words |= set("0123456789") | set(string.punctuation)
     return sorted(words)
 
 

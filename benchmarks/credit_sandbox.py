@@ -8,9 +8,10 @@ Usage:
    sandbox word-level tokenizer (``stepgym.agents.sandbox_model``), trained by cross-entropy
    (``stepgym.trainers.sft``) on NoisyExpert(p=0.5, mixed) demonstrations of the ``One`` worlds,
    so RL starts from mixed success.
-2. RL: ``stepgym.trainers.grpo.train`` with every method under the same budget (steps, tasks per
+2. RL: ``stepgym.trainers.runner.run_training`` with every method under the same budget (steps, tasks per
    step, group size, lr, seeds), each method wrapped by ``stepgym.trainers.credit_probe.probed``
-   so the credit-causality AUC of its per-step credit is measured on every training batch.
+   (and ``probe_runner``) so the credit-causality AUC of its per-step credit is measured on every
+   training batch.
 3. Report: success vs RL step (mean +- std over seeds), steps to reach GRPO's final success, the
    AUC early / late in training, and the null-variant check; a markdown table and PNG plots in
    ``<out>``. Runs already finished (``history.json``) are reused.
@@ -63,9 +64,13 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
     )
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    losses = sft_train(model, demos, epochs=args.sft_epochs, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id)
-    print(f"warm start: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
-          f"{len(losses)} SFT steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {time.perf_counter() - t0:.0f} s")
+    losses = sft_train(
+        model, demos, epochs=args.sft_epochs, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id
+    )
+    print(
+        f"warm start: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
+        f"{len(losses)} SFT steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {time.perf_counter() - t0:.0f} s"
+    )
     tmp = out / "warm_start.tmp"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -75,12 +80,10 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
 
 
 def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argparse.Namespace, out: Path) -> list[dict]:
-    """One RL run; returns its per-step metrics (cached in history.json)."""
-    from stepgym.agents.models import load_model
-    from stepgym.envs.pool import EnvPool
+    """One RL run through ``run_training``; returns its per-step metrics (cached in history.json)."""
     from stepgym.trainers.config import TrainConfig
-    from stepgym.trainers.credit_probe import hindsight_teacher, probe_rollout, probed, sandbox_rollout
-    from stepgym.trainers.grpo import train
+    from stepgym.trainers.credit_probe import probe_runner, probed
+    from stepgym.trainers.runner import run_training
 
     run_dir = out / variant / method / f"seed{seed}"
     cached = run_dir / "history.json"
@@ -88,16 +91,17 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         return json.loads(cached.read_text())
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    model, tok = load_model(str(model_dir))
-    kw = {"num_tasks": args.num_tasks, "max_steps": args.max_turns}
     config = TrainConfig(
         model=str(model_dir),
+        device="cpu",
         env_id=VARIANT_ENV[variant],
-        env_kwargs=kw,
+        env_kwargs={"num_tasks": args.num_tasks, "max_steps": args.max_turns},
+        num_envs=args.group_size * args.tasks_per_step,
         group_size=args.group_size,
         tasks_per_step=args.tasks_per_step,
         layout="concat",
         max_turns=args.max_turns,
+        sampling={"max_new_tokens": 24, "temperature": 1.0, "stop": ["</action>"]},
         credit=probed(method),
         optim={"lr": args.lr},
         micro_batch_size=8,
@@ -105,17 +109,12 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         checkpoint_every=0,
         seed=seed,
         output_dir=str(run_dir),
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=0,
         eval={"every": 0},
         teacher={"snapshot_interval": 5},
     )
-    pool = EnvPool(VARIANT_ENV[variant], num_envs=args.group_size * args.tasks_per_step, env_kwargs=kw)
-    try:
-        rollout = probe_rollout(sandbox_rollout(pool, tok, group_size=args.group_size, max_turns=args.max_turns))
-        hist = train(config, model=model, task_ids=tasks_of(args.num_tasks), rollout=rollout,
-                     teacher=hindsight_teacher(tok), resume=False)
-    finally:
-        pool.close()
+    with probe_runner():
+        hist = run_training(config).history
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     cached.write_text(json.dumps(hist))
     return hist
@@ -150,12 +149,17 @@ def report(results: dict, args: argparse.Namespace, out: Path) -> str:
     lines = []
     k = max(1, args.steps // 3)
     for variant, by_method in results.items():
-        lines += [f"### {variant}", "",
-                  "| method | success, first step | success, last 3 steps | steps to GRPO's final | "
-                  "AUC \\|A\\| failed (first / last third) | AUC \\|A\\| successful (first / last third) | "
-                  "AUC \\|Δ\\| failed (last third) | AUC \\|Δ\\| successful (last third) | s / step |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        grpo_final = float(np.mean(series(by_method["grpo"], "rollout/success")[:, -3:])) if "grpo" in by_method else math.nan
+        lines += [
+            f"### {variant}",
+            "",
+            "| method | success, first step | success, last 3 steps | steps to GRPO's final | "
+            "AUC \\|A\\| failed (first / last third) | AUC \\|A\\| successful (first / last third) | "
+            "AUC \\|Δ\\| failed (last third) | AUC \\|Δ\\| successful (last third) | s / step |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        grpo_final = (
+            float(np.mean(series(by_method["grpo"], "rollout/success")[:, -3:])) if "grpo" in by_method else math.nan
+        )
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for method, hists in by_method.items():
             succ = series(hists, "rollout/success")  # [S, N]
@@ -190,7 +194,11 @@ def report(results: dict, args: argparse.Namespace, out: Path) -> str:
         plt.close(fig)
         if variant == "Null" and "grpo" in by_method:
             g = series(by_method["grpo"], "rollout/success")[:, -3:].mean(1)
-            lines += ["", "Null check (final success minus GRPO's; noise = 2 x the standard error of the difference):", ""]
+            lines += [
+                "",
+                "Null check (final success minus GRPO's; noise = 2 x the standard error of the difference):",
+                "",
+            ]
             for method, hists in by_method.items():
                 if method == "grpo":
                     continue
@@ -233,8 +241,10 @@ def main() -> None:
                 s = [round(h["rollout/success"], 2) for h in hist]
                 print(f"{variant} {method} seed {seed}: {time.perf_counter() - t:.0f} s, success {s}", flush=True)
     table = report(results, args, out)
-    header = (f"steps={args.steps}, seeds={args.seeds}, group_size={args.group_size}, tasks_per_step="
-              f"{args.tasks_per_step}, num_tasks={args.num_tasks}x3, lr={args.lr}, wall {time.perf_counter() - t0:.0f} s\n\n")
+    header = (
+        f"steps={args.steps}, seeds={args.seeds}, group_size={args.group_size}, tasks_per_step="
+        f"{args.tasks_per_step}, num_tasks={args.num_tasks}x3, lr={args.lr}, wall {time.perf_counter() - t0:.0f} s\n\n"
+    )
     (out / "table.md").write_text(header + table)
     print(header + table)
 

@@ -60,7 +60,9 @@ def test_sft_loss_of_uniform_model_is_log_vocab(tmp_path, tok):
 
 def test_sft_train_fits_demonstrations(tmp_path, tok):
     model, _ = load_model(str(build_sandbox_model(tmp_path / "m", seed=0)))
-    demos = collect_demonstrations(ENV, lambda k: NoisyExpert(0.0, seed=k), tok, TASKS[:2], env_kwargs=KW, layout="concat")
+    demos = collect_demonstrations(
+        ENV, lambda k: NoisyExpert(0.0, seed=k), tok, TASKS[:2], env_kwargs=KW, layout="concat"
+    )
     torch.manual_seed(0)
     losses = sft_train(model, demos, epochs=30, lr=3e-3, batch_size=2, seed=0, pad_token_id=tok.pad_token_id)
     assert len(losses) == 30  # 2 rows / batch 2 = 1 step per epoch
@@ -118,3 +120,44 @@ class _Traj:
 
     def __init__(self, flags):
         self.steps = [type("S", (), {"info": {"decisive": f}})() for f in flags]
+
+
+def _success(model, tok, pool, seed: int, episodes: int) -> float:
+    from stepgym.trainers.credit_probe import sandbox_rollout
+
+    trajs = sandbox_rollout(pool, tok, group_size=episodes)(model, [f"{s}-train-0" for s in SUBSETS], seed)
+    return sum(t.success for t in trajs) / len(trajs)
+
+
+@pytest.mark.slow
+def test_grpo_learns_the_sandbox_from_a_noisy_warm_start(tmp_path, tok):
+    """Warm start on NoisyExpert demos (mixed success), then GRPO: success rises well above the start."""
+    from stepgym.envs.pool import EnvPool
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.credit_probe import probe_rollout, probed, sandbox_rollout
+    from stepgym.trainers.grpo import train
+
+    torch.set_num_threads(1)
+    kw = {"num_tasks": 1, "max_steps": 14}
+    tasks = [f"{s}-train-0" for s in SUBSETS]
+    model, _ = load_model(str(build_sandbox_model(tmp_path / "m", seed=0)))
+    demos = collect_demonstrations(
+        ENV, lambda k: NoisyExpert(0.6, "alter", seed=k), tok, tasks, env_kwargs=kw, group_size=8, layout="concat"
+    )
+    torch.manual_seed(0)
+    sft_train(model, demos, epochs=25, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id)
+    pool = EnvPool(ENV, num_envs=16, env_kwargs=kw)
+    before = _success(model, tok, pool, seed=123, episodes=16)
+    config = TrainConfig(
+        model="unused", env_id=ENV, env_kwargs=kw, group_size=8, tasks_per_step=3, layout="concat", max_turns=14,
+        credit=probed("grpo"), optim={"lr": 1e-3}, total_steps=8, checkpoint_every=0, seed=0,
+        output_dir=str(tmp_path / "run"), pad_token_id=tok.pad_token_id, eval={"every": 0},
+    )  # fmt: skip
+    hist = train(config, model=model, task_ids=tasks, rollout=probe_rollout(sandbox_rollout(pool, tok, group_size=8)))
+    after = _success(model, tok, pool, seed=123, episodes=16)
+    pool.close()
+    assert len(hist) == 8 and all(
+        h["credit/auc_adv_failed"] in (0.5,) or math.isnan(h["credit/auc_adv_failed"]) for h in hist
+    )
+    assert 0.0 < before < 0.8, f"the warm start should have mixed success, got {before:.2f}"
+    assert after >= before + 0.2, f"GRPO did not learn: success {before:.2f} -> {after:.2f}"
