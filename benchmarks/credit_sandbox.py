@@ -245,7 +245,7 @@ def main() -> None:
         f"steps={args.steps}, seeds={args.seeds}, group_size={args.group_size}, tasks_per_step="
         f"{args.tasks_per_step}, num_tasks={args.num_tasks}x3, lr={args.lr}, wall {time.perf_counter() - t0:.0f} s\n\n"
     )
-    (out / "table.md").write_text(header + table)
+    (out / f"table_{'_'.join(args.variants)}.md").write_text(header + table)
     print(header + table)
 
 

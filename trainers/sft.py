@@ -92,7 +92,7 @@ def sft_train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if on_step is not None:
                 on_step(len(losses), losses[-1])
     model.eval()
