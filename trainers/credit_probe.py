@@ -1,0 +1,225 @@
+"""The credit-causality AUC measured *during* training, for any registered credit method.
+
+:func:`probed` registers ``"probed_<name>"``: the method ``<name>`` unchanged (same options, same
+needs, same advantages and auxiliary loss), plus ``credit/auc_...`` metrics computed on the very
+batch it was given (``stepgym.distill.diagnostics``): the AUC with which the per-step mean ``|A|``
+-- and, for teacher methods, the per-step mean ``|Delta|`` (``Delta = logp_teacher - logp_old`` on
+the target tokens) -- ranks the env's decisive steps above neutral ones, over the failed and the
+successful trajectories (within-trajectory pairing). NaN when the batch has no (decisive, neutral)
+pair (the null variant; or all failures skipped the decisive step).
+
+The decisive flags come from the trajectories: the rollout function announces them with
+:func:`announce` (``decisive_flags(trajs)``) before the trainer calls the credit method;
+:func:`probe_rollout` wraps any :data:`~stepgym.trainers.grpo.RolloutFn` to do so. The credit method
+checks that the announced trajectories match the batch (same count) and leaves the AUC out (NaN)
+otherwise.
+
+:func:`probe_runner` does the announcing inside :func:`stepgym.trainers.runner.run_training`
+(what the credit-sandbox comparison uses); :func:`sandbox_rollout` and :func:`hindsight_teacher`
+are small rollout and teacher functions for calling :func:`stepgym.trainers.grpo.train` directly
+(the learning test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from stepgym.distill.diagnostics import credit_causality_auc, decisive_flags, per_step_credit
+from stepgym.envs.records import Trajectory
+from stepgym.trainers.credit import CreditBatch, CreditOutput, get_credit, register_credit
+
+__all__ = [
+    "announce",
+    "batch_auc",
+    "hindsight_teacher",
+    "probe_rollout",
+    "probe_runner",
+    "probed",
+    "sandbox_rollout",
+]
+
+_ANNOUNCED: dict[str, Any] = {"flags": None}
+
+
+def announce(trajectories: Sequence[Trajectory] | None) -> None:
+    """Tell the probed credit methods the per-step decisive flags of the next batch (``None`` clears)."""
+    _ANNOUNCED["flags"] = None if trajectories is None else decisive_flags(trajectories)
+
+
+def batch_auc(
+    batch: CreditBatch,
+    advantages: torch.Tensor,  # [B, L]
+    flags: Sequence[Sequence[bool]],
+) -> dict[str, float]:
+    """``auc_adv_{failed,successful}`` (and ``auc_delta_...`` when the batch has teacher log-probs).
+
+    Args:
+        batch: The credit batch the advantages were computed from.
+        advantages: The method's per-token advantages.
+        flags: Per trajectory, ``info["decisive"]`` of each step.
+
+    Returns:
+        AUCs (NaN without a pair) and ``auc_pairs_{failed,successful}``.
+    """
+    T = batch.num_trajectories
+    success = batch.success.tolist()
+    out: dict[str, float] = {}
+    values = {"adv": advantages}
+    if batch.logp_teacher is not None:
+        values["delta"] = (batch.logp_teacher - batch.logp_old) * batch.targets  # [B, L]
+    for name, v in values.items():
+        credit = per_step_credit(
+            v, batch.step_index, batch.traj_index, mask=batch.mask, num_trajectories=T, reduce="mean_abs"
+        )
+        # align lengths: a step without tokens is NaN, trailing steps without tokens are cut
+        aligned = []
+        for c, f in zip(credit, flags):
+            a = np.full(len(f), np.nan)
+            n = min(len(c), len(f))
+            a[:n] = c[:n]
+            aligned.append(a)
+        res = credit_causality_auc(aligned, flags, success)
+        for part in ("failed", "successful"):
+            out[f"auc_{name}_{part}"] = res[part].auc
+            if name == "adv":
+                out[f"auc_pairs_{part}"] = float(res[part].n_pairs)
+    return out
+
+
+def probed(name: str) -> str:
+    """Register ``"probed_<name>"`` (the method plus AUC metrics) once; returns that name."""
+    method = get_credit(name)
+    new = f"probed_{method.name}"
+    try:
+        get_credit(new)
+        return new
+    except KeyError:
+        pass
+
+    @functools.wraps(method.fn)
+    def fn(batch: CreditBatch, **kwargs: Any) -> CreditOutput:
+        out = method.fn(batch, **kwargs)
+        flags = _ANNOUNCED["flags"]
+        if flags is not None and len(flags) == batch.num_trajectories:
+            metrics = {**out.metrics, **batch_auc(batch, out.advantages, flags)}
+        else:
+            metrics = {**out.metrics, "auc_adv_failed": math.nan, "auc_adv_successful": math.nan}
+        return CreditOutput(out.advantages, out.returns, out.aux, metrics)
+
+    register_credit(new, needs_teacher=method.needs_teacher, needs_values=method.needs_values)(fn)
+    return new
+
+
+def probe_rollout(rollout: Any) -> Any:
+    """Wrap a ``rollout(model, task_ids, seed)`` so every batch is announced to the probed methods."""
+
+    def wrapped(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+        trajs = rollout(model, task_ids, seed)
+        announce(trajs)
+        return trajs
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def probe_runner() -> Iterator[None]:
+    """Within this block, :func:`stepgym.trainers.runner.run_training` announces every rollout batch.
+
+    ``run_training`` builds its rollout with ``runner.make_rollout`` and has no rollout hook, so this
+    swaps that module attribute for a wrapper applying :func:`probe_rollout` and restores it on exit.
+    Use it with a ``probed_<name>`` credit method in the config.
+    """
+    from stepgym.trainers import runner
+
+    original = runner.make_rollout
+
+    def make_rollout(*args: Any, **kwargs: Any) -> Any:
+        return probe_rollout(original(*args, **kwargs))
+
+    runner.make_rollout = make_rollout
+    try:
+        yield
+    finally:
+        runner.make_rollout = original
+        announce(None)
+
+
+def sandbox_rollout(
+    pool: Any,
+    tokenizer: Any,
+    *,
+    group_size: int,
+    layout: str = "concat",
+    max_turns: int = 14,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    stop: Sequence[str] = ("</action>",),
+) -> Any:
+    """A rollout function for ``grpo.train``: ``collect`` with an HF policy on the trained model (seeded per step)."""
+    from stepgym.agents.hf import HFPolicy
+    from stepgym.agents.policy import SamplingParams
+    from stepgym.agents.render import ChatRenderer
+    from stepgym.agents.rollout import collect
+
+    renderer = ChatRenderer(tokenizer)
+
+    def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+        sampling = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, stop=tuple(stop), seed=seed % (2**31)
+        )
+        return collect(
+            pool,
+            HFPolicy(model, tokenizer, seed=seed % (2**31)),
+            task_ids,
+            group_size=group_size,
+            layout=layout,  # type: ignore[arg-type]
+            renderer=renderer,
+            sampling=sampling,
+            max_turns=max_turns,
+            seed=seed % (2**31),
+            check_drift=False,
+        )
+
+    return rollout
+
+
+def hindsight_teacher(
+    tokenizer: Any,
+    *,
+    parts: Sequence[str] = ("outcome", "peer"),
+    target: str = "step",
+    placement: str = "inline",
+    temperature: float = 1.0,
+    batch_size: int | None = 8,
+) -> Any:
+    """A teacher function for ``grpo.train``: hindsight text (``distill.hindsight``) -> rescored log-probs."""
+    from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
+    from stepgym.distill.rescore import teacher_logprobs
+
+    def teacher(model: torch.nn.Module, batch: Any, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = build_hindsight_batch(trajs, parts)
+        ids = [render_hindsight(t, tokenizer) for t in texts]
+        rows, row_ids = [], []
+        for t, traj in enumerate(trajs):
+            for seq in traj.sequences:
+                rows.append(seq)
+                row_ids.append(ids[t])
+        lt, tm = teacher_logprobs(
+            model,
+            rows,
+            row_ids,
+            target=target,  # type: ignore[arg-type]
+            placement=placement,  # type: ignore[arg-type]
+            temperature=temperature,
+            batch_size=batch_size,
+        )
+        L = batch.input_ids.shape[1]
+        return lt[:, :L], tm[:, :L]
+
+    return teacher

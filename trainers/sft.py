@@ -1,0 +1,151 @@
+"""Supervised warm start: cross-entropy on the generated tokens of demonstration trajectories.
+
+Demonstrations are ordinary :class:`~stepgym.envs.records.Trajectory` records whose token rows
+were produced by a scripted agent through :func:`stepgym.agents.rollout.collect` (with
+:class:`~stepgym.agents.scripted.TextAgentPolicy`), so the warm-started model sees exactly the
+prompts and token boundaries RL will show it. The loss is the token mean of ``-log p(x_l | x_<l)``
+over the rows' ``loss_mask`` tokens (the agent's own text; prompts and observations are context
+only) -- standard behaviour cloning / SFT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from stepgym.envs.records import Trajectory
+from stepgym.trainers.batch import collate
+from stepgym.trainers.update import token_logprobs
+
+__all__ = ["collect_demonstrations", "sft_loss", "sft_train"]
+
+logger = logging.getLogger(__name__)
+
+
+def sft_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L] long
+    attention_mask: torch.Tensor,  # [B, L]
+    loss_mask: torch.Tensor,  # [B, L]
+) -> torch.Tensor:  # []
+    """Mean negative log-likelihood of the ``loss_mask`` tokens (0 when there is none).
+
+    ``NLL = -sum_{b,l} m[b,l] log p(x[b,l] | x[b,<l]) / sum m`` with ``log p`` from
+    :func:`~stepgym.trainers.update.token_logprobs` at temperature 1.
+    """
+    logp, _, _ = token_logprobs(model, input_ids, attention_mask, score_mask=loss_mask)  # [B, L]
+    n = loss_mask.sum()
+    return -(logp * loss_mask).sum() / n.clamp(min=1)
+
+
+def sft_train(
+    model: torch.nn.Module,
+    trajectories: Sequence[Trajectory],
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    max_grad_norm: float = 1.0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Behaviour cloning on ``trajectories``' token rows with AdamW; returns the loss of every optimizer step.
+
+    Args:
+        model: A causal LM (trained in place, left in eval mode).
+        trajectories: Demonstrations with token rows (``collect`` output).
+        epochs: Passes over the rows (shuffled per epoch by ``seed``).
+        lr: AdamW learning rate (constant).
+        batch_size: Rows per optimizer step.
+        seed: Seeds the row order.
+        pad_token_id: Id written into padding.
+        max_grad_norm: Gradient-norm clip.
+        on_step: Called with ``(optimizer_step, loss)`` after each step (progress bars).
+
+    Raises:
+        ValueError: No trajectory has token rows, or a setting is out of range.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    batch = collate(trajectories, pad_token_id=pad_token_id)
+    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask  # [B, L] each
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(batch.num_rows, generator=gen)
+        for start in range(0, batch.num_rows, batch_size):
+            rows = order[start : start + batch_size]
+            width = int(attn[rows].sum(1).max())  # drop columns that are padding in every row
+            loss = sft_loss(
+                model,
+                ids[rows, :width].to(device),
+                attn[rows, :width].to(device),
+                mask[rows, :width].to(device),
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
+    model.eval()
+    return losses
+
+
+def collect_demonstrations(
+    env_id: str,
+    make_agent: Callable[[Any], Any],
+    tokenizer: Any,
+    tasks: Sequence[str | int],
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    group_size: int = 1,
+    layout: str = "per-step",
+    max_turns: int = 50,
+    seed: int = 0,
+    stop: Sequence[str] = ("</action>",),
+    num_envs: int = 8,
+) -> list[Trajectory]:
+    """Roll out a scripted :class:`~stepgym.agents.scripted.TextAgent` into token-level trajectories.
+
+    Args:
+        env_id: Registered env id.
+        make_agent: Builds a fresh agent per episode (called with the episode key).
+        tokenizer: Tokenizer with a chat template (the model's).
+        tasks: Task ids (or seeds) to play, ``group_size`` episodes each.
+        env_kwargs: ``gym.make`` keyword arguments.
+        group_size: Episodes per task.
+        layout: ``"per-step"`` or ``"concat"`` (as in training).
+        max_turns: Agent steps per episode.
+        seed: Reset seed of the first episode.
+        stop: Stop strings (the action text is cut after the first).
+        num_envs: Envs in the in-process pool.
+    """
+    from stepgym.agents.policy import SamplingParams
+    from stepgym.agents.render import ChatRenderer
+    from stepgym.agents.rollout import collect
+    from stepgym.agents.scripted import TextAgentPolicy
+    from stepgym.envs.pool import EnvPool
+
+    pool = EnvPool(env_id, num_envs=num_envs, env_kwargs=dict(env_kwargs or {}))
+    try:
+        return collect(
+            pool,
+            TextAgentPolicy(make_agent, tokenizer),
+            list(tasks),
+            group_size=group_size,
+            layout=layout,  # type: ignore[arg-type]
+            renderer=ChatRenderer(tokenizer),
+            sampling=SamplingParams(max_new_tokens=64, temperature=0.0, stop=tuple(stop)),
+            max_turns=max_turns,
+            seed=seed,
+        )
+    finally:
+        pool.close()
