@@ -10,7 +10,7 @@ Usage:
    so RL starts from mixed success.
 2. RL: ``stepgym.trainers.runner.run_training`` with every method under the same budget (steps, tasks per
    step, group size, lr, seeds), each method wrapped by ``stepgym.trainers.credit_probe.probed``
-   (and ``probe_runner``) so the credit-causality AUC of its per-step credit is measured on every
+   (and ``wrap_rollout=probe_rollout``) so the credit-causality AUC of its per-step credit is measured on every
    training batch.
 3. Report: success vs RL step (mean +- std over seeds), steps to reach GRPO's final success, the
    AUC early / late in training, and the null-variant check; a markdown table and PNG plots in
@@ -82,7 +82,7 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
 def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argparse.Namespace, out: Path) -> list[dict]:
     """One RL run through ``run_training``; returns its per-step metrics (cached in history.json)."""
     from stepgym.trainers.config import TrainConfig
-    from stepgym.trainers.credit_probe import probe_runner, probed
+    from stepgym.trainers.credit_probe import probe_rollout, probed
     from stepgym.trainers.runner import run_training
 
     run_dir = out / variant / method / f"seed{seed}"
@@ -113,8 +113,7 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         eval={"every": 0},
         teacher={"snapshot_interval": 5},
     )
-    with probe_runner():
-        hist = run_training(config).history
+    hist = run_training(config, wrap_rollout=probe_rollout).history
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     cached.write_text(json.dumps(hist))
     return hist

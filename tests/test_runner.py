@@ -93,7 +93,18 @@ def test_user_registered_credit_method_trains(tmp_path):
         layout="per-step",
     )
     before = _params(build_model(cfg)[0])
-    result = run_training(cfg)
+    seen = []
+
+    def wrap(rollout):
+        def wrapped(model, task_ids, seed):
+            trajs = rollout(model, task_ids, seed)
+            seen.append(len(trajs))
+            return trajs
+
+        return wrapped
+
+    result = run_training(cfg, wrap_rollout=wrap)
+    assert seen == [cfg.tasks_per_step * cfg.group_size]
     assert len(calls) == 1 and result.history[0]["credit/user_metric"] == 0.5
     after = _params(load_checkpoint_model(result.output_dir)[0])
     assert any(not torch.equal(before[n], after[n]) for n in before)

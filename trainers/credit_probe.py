@@ -14,7 +14,7 @@ The decisive flags come from the trajectories: the rollout function announces th
 checks that the announced trajectories match the batch (same count) and leaves the AUC out (NaN)
 otherwise.
 
-:func:`probe_runner` does the announcing inside :func:`stepgym.trainers.runner.run_training`
+``run_training(config, wrap_rollout=probe_rollout)`` does the announcing inside the runner
 (what the credit-sandbox comparison uses); :func:`sandbox_rollout` and :func:`hindsight_teacher`
 are small rollout and teacher functions for calling :func:`stepgym.trainers.grpo.train` directly
 (the learning test).
@@ -22,10 +22,9 @@ are small rollout and teacher functions for calling :func:`stepgym.trainers.grpo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,6 @@ __all__ = [
     "batch_auc",
     "hindsight_teacher",
     "probe_rollout",
-    "probe_runner",
     "probed",
     "sandbox_rollout",
 ]
@@ -125,29 +123,6 @@ def probe_rollout(rollout: Any) -> Any:
         return trajs
 
     return wrapped
-
-
-@contextlib.contextmanager
-def probe_runner() -> Iterator[None]:
-    """Within this block, :func:`stepgym.trainers.runner.run_training` announces every rollout batch.
-
-    ``run_training`` builds its rollout with ``runner.make_rollout`` and has no rollout hook, so this
-    swaps that module attribute for a wrapper applying :func:`probe_rollout` and restores it on exit.
-    Use it with a ``probed_<name>`` credit method in the config.
-    """
-    from stepgym.trainers import runner
-
-    original = runner.make_rollout
-
-    def make_rollout(*args: Any, **kwargs: Any) -> Any:
-        return probe_rollout(original(*args, **kwargs))
-
-    runner.make_rollout = make_rollout
-    try:
-        yield
-    finally:
-        runner.make_rollout = original
-        announce(None)
 
 
 def sandbox_rollout(

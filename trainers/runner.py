@@ -262,6 +262,14 @@ def make_evaluator(config: TrainConfig, tokenizer: Any) -> EvalFn:
 
 
 # =========================================================================== the run
+def _rollout(
+    pool: EnvPool, policy: Any, renderer: ChatRenderer, config: TrainConfig,
+    wrap: Callable[[RolloutFn], RolloutFn] | None,
+) -> RolloutFn:
+    fn = make_rollout(pool, policy, renderer, config)
+    return wrap(fn) if wrap is not None else fn
+
+
 def _no_rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
     raise RuntimeError("rollouts run on rank 0 only; train() must not call rollout on another rank")
 
@@ -271,6 +279,7 @@ def run_training(
     *,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    wrap_rollout: Callable[[RolloutFn], RolloutFn] | None = None,
 ) -> RunResult:
     """Build every part from ``config`` and train; resumes from ``<output_dir>/checkpoints``.
 
@@ -278,6 +287,7 @@ def run_training(
         config: The run.
         on_step: Called with ``(step, metrics)`` after every training step.
         should_stop: Polled after every step; ``True`` checkpoints and returns (``interrupted``).
+        wrap_rollout: Wraps the rollout function (e.g. to inspect every batch of trajectories).
     """
     method = get_credit(config.credit)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -308,7 +318,7 @@ def run_training(
             config,
             model=model,
             task_ids=tasks,
-            rollout=make_rollout(pool, policy, renderer, config) if pool is not None else _no_rollout,
+            rollout=_rollout(pool, policy, renderer, config, wrap_rollout) if pool is not None else _no_rollout,
             teacher=make_teacher(tokenizer, config) if method.needs_teacher else None,
             evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,
             on_step=on_step,
