@@ -67,8 +67,14 @@ def _error_info(where: str, exc: BaseException) -> dict[str, Any]:
 
 
 def _spec_of(env_id: str | EnvSpec) -> EnvSpec:
+    """The spec of an id, accepting ``gym.make``'s ``"module:ns/Name-v0"`` form (imports ``module``)."""
     if isinstance(env_id, EnvSpec):
         return env_id
+    if ":" in env_id:
+        import importlib
+
+        module, _, env_id = env_id.partition(":")
+        importlib.import_module(module)
     return gym.spec(env_id)
 
 

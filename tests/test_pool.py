@@ -186,3 +186,10 @@ def test_failing_step_batch_truncates_its_group_without_stepping_twice():
         assert pool.active() == []
         pool.reset(seeds=[0, 1, 2])  # rebuilt and usable again
         assert pool.active() == [0, 1, 2]
+
+
+def test_module_prefixed_id_like_gym_make():
+    # gym.make("module:ns/Name-v0") imports the module first; the pool accepts the same form
+    with EnvPool("thirdparty_env:thirdparty/GuessDigit-v0", 1) as pool:
+        assert pool.spec.id == "thirdparty/GuessDigit-v0"
+        assert pool.reset(options=[{"task_id": "digit-3"}])[0][1]["subset"] == "low"

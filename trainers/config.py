@@ -45,8 +45,8 @@ class SamplingConfig(_Config):
     """Nucleus sampling mass (1.0 = off)."""
     max_new_tokens: int = Field(512, ge=1)
     """Most tokens generated for one agent step."""
-    stop: tuple[str, ...] = ()
-    """Stop strings; a completion ends after the first one."""
+    stop: tuple[str, ...] = ("</action>", "</search>", "</answer>")
+    """Stop strings; a completion ends after the first one (and keeps it: the env parses the closing tag)."""
 
 
 class OptimConfig(_Config):
@@ -117,8 +117,8 @@ class TeacherConfig(_Config):
     """``snapshot``: a frozen copy refreshed every ``snapshot_interval`` steps; ``live``: the current policy."""
     snapshot_interval: int = Field(10, ge=1)
     """Optimizer steps between teacher snapshot refreshes (``stale_ref`` in the StepOPSD code)."""
-    hindsight: tuple[str, ...] = ("final_correctness", "peer_trajectory")
-    """Names of the hindsight builders whose text forms the teacher's privileged context, in order."""
+    hindsight: tuple[str, ...] = ("outcome", "peer")
+    """Hindsight builders (``distill.hindsight.HINDSIGHT_BUILDERS``) forming the teacher's privileged context."""
     placement: Literal["inline", "prefix"] = "inline"
     """``inline``: hindsight right before each step (published); ``prefix``: once before the response."""
     target: Literal["step", "action"] = "step"
@@ -136,6 +136,8 @@ class EvalConfig(_Config):
     """Tasks drawn (seeded) from each subset per evaluation."""
     temperature: float = Field(0.4, ge=0.0)
     """Decoding temperature of evaluation rollouts (the papers' validation temperature)."""
+    env_kwargs: dict[str, JsonValue] = {}
+    """``gym.make`` kwargs for evaluation, over the training ``env_kwargs`` (e.g. ``{"split": "test"}``)."""
 
 
 class LoRAConfig(_Config):
@@ -159,6 +161,8 @@ class TrainConfig(_Config):
     # ----------------------------------------------------------------------------- model
     model: str
     """Local model folder (``from_pretrained``) or a name known to ``stepgym.agents``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; ``auto`` = CUDA when available, else CPU."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype of the trained model (``bfloat16`` on GPU)."""
     pad_token_id: int = Field(0, ge=0)
@@ -191,6 +195,8 @@ class TrainConfig(_Config):
     """Most agent steps per episode before truncation."""
     max_prompt_tokens: int = Field(4096, ge=1)
     """Most prompt tokens of one model call (longer prompts are cut from the left and recorded)."""
+    max_total_tokens: int | None = Field(None, ge=1)
+    """Token cap per trajectory (concat: sequence length; per-step: generated tokens); ``None`` = no cap."""
     sampling: SamplingConfig = SamplingConfig()
     """Rollout decoding."""
 
@@ -236,6 +242,11 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        from stepgym.distill.hindsight import HINDSIGHT_BUILDERS
+
+        unknown = [h for h in self.teacher.hindsight if h not in HINDSIGHT_BUILDERS]
+        if unknown:
+            raise ValueError(f"unknown teacher.hindsight part(s) {unknown}; choose from {sorted(HINDSIGHT_BUILDERS)}")
         method = check_credit_kwargs(self.credit, dict(self.credit_kwargs))
         if self.loss.reference == "teacher" and not method.needs_teacher:
             raise ValueError(

@@ -13,8 +13,8 @@ engine receives the new weights; the teacher snapshot is refreshed every
 
 The loop is written against two pluggable functions so it does not depend on a particular engine:
 
-* ``rollout(model, task_ids, seed) -> list[Trajectory]`` -- :func:`collect_rollout` builds it from
-  ``stepgym.agents.rollout.collect`` and a policy;
+* ``rollout(model, task_ids, seed) -> list[Trajectory]`` -- ``stepgym.trainers.runner`` builds it
+  from ``stepgym.agents.rollout.collect`` and a policy sharing the trained weights;
 * ``teacher(teacher_model, batch, trajectories) -> (logp_teacher, target_mask)`` -- needed only by
   credit methods with ``needs_teacher`` (``stepgym.distill.rescore.teacher_logprobs`` provides it).
 
@@ -45,7 +45,7 @@ from stepgym.trainers.metrics import make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
 from stepgym.trainers.update import UpdateInputs, compute_logprobs, ppo_update
 
-__all__ = ["EvalFn", "RolloutFn", "TeacherFn", "collect_rollout", "step_seed", "train"]
+__all__ = ["EvalFn", "RolloutFn", "TeacherFn", "step_seed", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +60,6 @@ EvalFn = Callable[[torch.nn.Module, int], dict[str, float]]
 def step_seed(seed: int, step: int) -> int:
     """The seed of every random draw of training step ``step`` (independent of the RNG history)."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
-
-
-def collect_rollout(pool: object, policy: object, config: TrainConfig) -> RolloutFn:
-    """A :data:`RolloutFn` over ``stepgym.agents.rollout.collect`` (the policy shares the trained weights)."""
-    from stepgym.agents.rollout import collect  # imported on use: the rollout layer is optional here
-
-    def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
-        return collect(pool, policy, task_ids, group_size=config.group_size, layout=config.layout)
-
-    return rollout
 
 
 def _draw_tasks(task_ids: Sequence[str], n: int, seed: int) -> list[str]:
@@ -104,6 +94,8 @@ def train(
     evaluate: EvalFn | None = None,
     on_weights_updated: Callable[[torch.nn.Module], None] | None = None,
     resume: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.total_steps`` steps; returns each step's metrics (this process).
 
@@ -111,12 +103,14 @@ def train(
         config: The run.
         model: The policy (a causal LM, already on its device; LoRA is applied here when enabled).
         task_ids: Training tasks to draw from (already filtered to ``config.train_subsets``).
-        rollout: Produces the step's trajectories (see :func:`collect_rollout`).
+        rollout: Produces the step's trajectories (``stepgym.trainers.runner.make_rollout``).
         teacher: Teacher rescoring; required when the credit method needs a teacher.
         evaluate: Periodic evaluation (every ``config.eval.every`` steps).
         on_weights_updated: Weight sync to the rollout engine after each update (e.g. vLLM reload);
             an in-process policy sharing ``model`` needs none.
         resume: Continue from the newest checkpoint under ``<output_dir>/checkpoints`` if there is one.
+        on_step: Called with ``(step, metrics)`` after every step (progress bars).
+        should_stop: Polled after every step; ``True`` writes a checkpoint and returns early (Ctrl-C).
 
     Raises:
         ValueError: The credit method needs a teacher (or a value head) that was not given.
@@ -261,8 +255,12 @@ def train(
             sink.log(metrics, done)
         history.append(metrics)
 
+        if on_step is not None:
+            on_step(done, metrics)
+
         # ------------------------------------------------------------------ 6. checkpoint
-        last = done == config.total_steps
+        stop = should_stop is not None and should_stop()
+        last = done == config.total_steps or stop
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or last:
             save_checkpoint(
                 ckpt_root,
@@ -273,5 +271,8 @@ def train(
                 config=config,
                 keep_last=config.keep_last,
             )
+        if stop:
+            logger.info("stopped after step %d (checkpoint written)", done)
+            break
     sink.close()
     return history

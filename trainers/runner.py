@@ -1,0 +1,298 @@
+"""From a :class:`~stepgym.trainers.config.TrainConfig` to a running experiment.
+
+:func:`run_training` assembles the parts the loop in :mod:`stepgym.trainers.grpo` takes as
+arguments: the model and tokenizer (:func:`build_model`), an env pool, a transformers policy that
+shares the trained weights (so no weight sync is needed in-process), the chat renderer, the
+training tasks, the teacher rescoring (distill hindsight + batched rescoring) for methods that need
+one, and periodic per-subset evaluation. :func:`load_checkpoint_model` and :func:`evaluate_model`
+serve evaluation of saved checkpoints (``benchmarks/run.py --eval-only``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from stepgym.agents.hf import HFPolicy
+from stepgym.agents.models import load_model
+from stepgym.agents.policy import SamplingParams
+from stepgym.agents.render import ChatRenderer
+from stepgym.agents.rollout import collect
+from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
+from stepgym.distill.rescore import teacher_logprobs
+from stepgym.envs.pool import EnvPool
+from stepgym.envs.records import Trajectory
+from stepgym.trainers.batch import RolloutBatch
+from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint
+from stepgym.trainers.config import CONFIG_FILENAME, TrainConfig, load_config
+from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
+from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
+from stepgym.trainers.optim import apply_lora
+
+__all__ = [
+    "RunResult",
+    "build_model",
+    "eval_task_ids",
+    "evaluate_model",
+    "load_checkpoint_model",
+    "make_evaluator",
+    "make_rollout",
+    "make_teacher",
+    "resolve_device",
+    "run_training",
+    "train_task_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_training` did."""
+
+    history: list[dict[str, float]]
+    """One metrics dict per step run in this call (a resumed run starts after the checkpoint)."""
+    interrupted: bool
+    """``should_stop`` ended the run early (a checkpoint was written)."""
+    final_step: int
+    """Training steps completed in total (resumed ones included)."""
+    checkpoint: Path | None
+    """Newest checkpoint folder."""
+    output_dir: Path
+    """The run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``)."""
+
+
+# =========================================================================== model
+def resolve_device(config: TrainConfig) -> torch.device:
+    """``config.device`` with ``auto`` resolved (CUDA when available)."""
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config.device is 'cuda' but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return torch.device(config.device)
+
+
+def build_model(config: TrainConfig) -> tuple[Any, Any]:
+    """The policy model and tokenizer named by ``config.model`` (``agents.models.load_model`` names)."""
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
+    return model, tokenizer
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
+    """Model, tokenizer and run config of a checkpoint (a ``step-*`` folder, a run's ``checkpoints/`` or a run).
+
+    Raises:
+        FileNotFoundError: No checkpoint or no ``config.json`` at ``path``.
+    """
+    path = Path(path)
+    if (path / "state.json").is_file():
+        ckpt: Path | None = path
+    else:
+        ckpt = latest_checkpoint(path) or latest_checkpoint(path / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: pass a run folder (runs/NAME), its checkpoints/ folder, or a step-* folder"
+        )
+    config_file = ckpt / CONFIG_FILENAME
+    if not config_file.is_file():
+        config_file = ckpt.parent.parent / CONFIG_FILENAME
+    config = load_config(config_file)
+    model, tokenizer = build_model(config)
+    model = apply_lora(model, config.lora)
+    load_checkpoint(ckpt, model=model, restore_rngs=False)
+    model.eval()
+    return model, tokenizer, config
+
+
+# =========================================================================== tasks
+def _eval_env_kwargs(config: TrainConfig) -> dict[str, Any]:
+    return {**dict(config.env_kwargs), **dict(config.eval.env_kwargs)}
+
+
+def train_task_ids(config: TrainConfig) -> list[str]:
+    """Training tasks: the env's tasks (made with ``config.env_kwargs``) in ``config.train_subsets``.
+
+    Raises:
+        KeyError: A training subset the env does not have.
+    """
+    by = task_subsets(config.env_id, config.env_kwargs)
+    chosen = sample_tasks(by, None, subsets=list(config.train_subsets) or None)
+    return [t for ids in chosen.values() for t in ids]
+
+
+def eval_task_ids(
+    config: TrainConfig,
+    *,
+    subsets: Sequence[str] | None = None,
+    n_per_subset: int | None = None,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """A fixed evaluation sample per subset (``config.eval`` defaults), from the evaluation env kwargs."""
+    by = task_subsets(config.env_id, _eval_env_kwargs(config))
+    names = list(subsets) if subsets else (list(config.eval.subsets) or None)
+    return sample_tasks(by, n_per_subset or config.eval.tasks_per_subset, seed=seed, subsets=names)
+
+
+# =========================================================================== loop parts
+def _sampling(config: TrainConfig, *, temperature: float, seed: int | None) -> SamplingParams:
+    s = config.sampling
+    return SamplingParams(
+        max_new_tokens=s.max_new_tokens, temperature=temperature, top_p=s.top_p, stop=tuple(s.stop), seed=seed
+    )
+
+
+def make_rollout(pool: EnvPool, policy: Any, renderer: ChatRenderer, config: TrainConfig) -> RolloutFn:
+    """The loop's rollout: ``collect`` with the config's group size, layout, limits and seeded sampling."""
+
+    def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+        return collect(
+            pool,
+            policy,
+            task_ids,
+            group_size=config.group_size,
+            layout=config.layout,
+            renderer=renderer,
+            sampling=_sampling(config, temperature=config.sampling.temperature, seed=seed % 2**31),
+            max_turns=config.max_turns,
+            max_prompt_tokens=config.max_prompt_tokens,
+            max_total_tokens=config.max_total_tokens,
+            seed=seed % 2**31,
+            group_prefix=f"s{seed % 100_000}:",
+        )
+
+    return rollout
+
+
+def make_teacher(tokenizer: Any, config: TrainConfig) -> TeacherFn:
+    """The loop's teacher: hindsight text per trajectory (ALGORITHMS.md §4.2) -> batched rescoring."""
+    t = config.teacher
+
+    def teacher(
+        model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = build_hindsight_batch(trajs, t.hindsight)
+        per_traj = [render_hindsight(text, tokenizer) for text in texts]
+        rows = [seq for traj in trajs for seq in traj.sequences]
+        hindsight = [per_traj[int(i)] for i in batch.credit.traj_index]
+        logp_t, target = teacher_logprobs(
+            model,
+            rows,
+            hindsight,
+            target=t.target,
+            placement=t.placement,
+            temperature=config.sampling.temperature or 1.0,
+            batch_size=config.micro_batch_size,
+        )
+        L = batch.input_ids.shape[1]
+        if logp_t.shape[1] != L:  # rows are padded to the same longest row; guard the contract
+            raise RuntimeError(f"teacher rows have length {logp_t.shape[1]} but the batch has {L}")
+        device = batch.input_ids.device
+        return logp_t.to(device), target.to(device)
+
+    return teacher
+
+
+def _flat_eval(results: Mapping[str, SubsetResult]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, r in {**results, "avg": overall(results)}.items():
+        out[f"{name}/success"] = r.success
+        out[f"{name}/outcome"] = r.outcome
+        if r.f1 is not None:
+            out[f"{name}/f1"] = r.f1
+    return out
+
+
+def evaluate_model(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    tasks: Mapping[str, Sequence[str]],
+    *,
+    temperature: float,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    pool: EnvPool | None = None,
+) -> tuple[dict[str, SubsetResult], list[Trajectory]]:
+    """One episode per task with ``model`` (greedy when ``temperature == 0``), aggregated per subset."""
+    policy = HFPolicy(model, tokenizer, seed=seed)
+    return evaluate(
+        policy,
+        ChatRenderer(tokenizer),
+        config.env_id,
+        tasks,
+        env_kwargs=_eval_env_kwargs(config),
+        sampling=_sampling(config, temperature=temperature, seed=seed),
+        layout=config.layout,
+        max_turns=config.max_turns,
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_total_tokens=config.max_total_tokens,
+        num_envs=config.num_envs,
+        backend=config.env_backend,
+        seed=seed,
+        pool=pool,
+        progress=progress,
+    )
+
+
+def make_evaluator(config: TrainConfig, tokenizer: Any) -> EvalFn:
+    """The loop's periodic evaluation: a fixed task sample, ``eval.temperature``; keys ``<subset>/<metric>``."""
+    tasks = eval_task_ids(config)
+
+    def evaluate_fn(model: torch.nn.Module, step: int) -> dict[str, float]:
+        results, _ = evaluate_model(config, model, tokenizer, tasks, temperature=config.eval.temperature, seed=step)
+        return _flat_eval(results)
+
+    return evaluate_fn
+
+
+# =========================================================================== the run
+def run_training(
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Build every part from ``config`` and train; resumes from ``<output_dir>/checkpoints``.
+
+    Args:
+        config: The run.
+        on_step: Called with ``(step, metrics)`` after every training step.
+        should_stop: Polled after every step; ``True`` checkpoints and returns (``interrupted``).
+    """
+    from stepgym.trainers.credit import get_credit
+
+    method = get_credit(config.credit)
+    model, tokenizer = build_model(config)
+    tasks = train_task_ids(config)
+    renderer = ChatRenderer(tokenizer)
+    # the policy shares the trained module: LoRA (applied in train()) patches it in place
+    policy = HFPolicy(model, tokenizer, seed=config.seed)
+    pool = EnvPool(config.env_id, config.num_envs, backend=config.env_backend, env_kwargs=config.env_kwargs)
+    stopped = False
+
+    def stop() -> bool:
+        nonlocal stopped
+        stopped = bool(should_stop and should_stop())
+        return stopped
+
+    try:
+        history = train(
+            config,
+            model=model,
+            task_ids=tasks,
+            rollout=make_rollout(pool, policy, renderer, config),
+            teacher=make_teacher(tokenizer, config) if method.needs_teacher else None,
+            evaluate=make_evaluator(config, tokenizer) if config.eval.every else None,
+            on_step=on_step,
+            should_stop=stop,
+        )
+    finally:
+        pool.close()
+    out = Path(config.output_dir)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    final = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0
+    return RunResult(history=history, interrupted=stopped, final_step=final, checkpoint=ckpt, output_dir=out)
