@@ -12,7 +12,7 @@ GiGPO papers); every value not given there is marked ``[recon]`` in :data:`PAPER
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -62,7 +62,6 @@ class Preset:
     notes: str = ""
     default_model: str | None = None
     """Model used when ``--model`` is not given (``None``: the best small local model)."""
-    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def env_family(env_id: str) -> str:
@@ -105,6 +104,7 @@ _SMOKE: dict[str, Preset] = {
             "invalid_action_penalty": 0.01,
             "sampling": {"max_new_tokens": 48},
             "teacher": {"target": "step", "snapshot_interval": 10},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
         },
         eval_splits=(EvalSplit("test", {"split": "test"}),),
         eval_tasks_per_subset=4,
@@ -123,6 +123,7 @@ _SMOKE: dict[str, Preset] = {
             "invalid_action_penalty": 0.1,
             "sampling": {"max_new_tokens": 32},
             "teacher": {"target": "action", "snapshot_interval": 10},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "valid_unseen"}},
         },
         eval_splits=(
             EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 4}),
@@ -144,6 +145,7 @@ _SMOKE: dict[str, Preset] = {
             "invalid_action_penalty": 0.1,
             "sampling": {"max_new_tokens": 24},
             "teacher": {"target": "action"},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
         },
         eval_splits=(EvalSplit("test", {"split": "test", "max_steps": 6}),),
         eval_tasks_per_subset=4,
@@ -190,6 +192,7 @@ _PAPER: dict[str, Preset] = {
             "sampling": {"max_new_tokens": 500, "temperature": 1.0},
             "loss": {"kl_coef": 0.001, "reference": "initial"},
             "teacher": {**_PAPER_COMMON["teacher"], "target": "step"},
+            "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "test"}},
         },
         eval_splits=(EvalSplit("test", {"split": "test"}),),
         eval_tasks_per_subset=None,
@@ -213,6 +216,7 @@ _PAPER: dict[str, Preset] = {
             "sampling": {"max_new_tokens": 512, "temperature": 1.0},
             "loss": {"kl_coef": 0.01, "reference": "initial"},
             "teacher": {**_PAPER_COMMON["teacher"], "target": "action"},
+            "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "valid_unseen"}},
         },
         eval_splits=(
             EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 50}),
@@ -232,6 +236,7 @@ _PAPER["sandbox"] = Preset(
         "env_kwargs": {"split": "train", "max_steps": 40},
         "env_backend": "inprocess",
         "max_turns": 40,
+        "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "test"}},
     },
     eval_splits=(EvalSplit("test", {"split": "test", "max_steps": 40}),),
     eval_tasks_per_subset=64,
@@ -241,7 +246,7 @@ _PAPER["generic"] = Preset(
     name="paper",
     family="generic",
     default_model="Qwen/Qwen2.5-3B-Instruct",
-    config={k: v for k, v in _PAPER["alfworld"].config.items() if k not in ("env_kwargs", "env_backend")},
+    config={k: v for k, v in _PAPER["alfworld"].config.items() if k not in ("env_kwargs", "env_backend", "eval")},
     eval_splits=(EvalSplit("eval", {}),),
     eval_tasks_per_subset=None,
     notes="The ALFWorld paper settings with the env's default kwargs.",

@@ -508,61 +508,7 @@ class StopFlag:
 
 # =========================================================================== evaluation
 def _runner() -> Any:
-    try:
-        return importlib.import_module("stepgym.trainers.runner")
-    except ModuleNotFoundError:  # TEMPORARY until the runner lands on main: evaluation only
-        return _EvalShim
-
-
-class _EvalShim:
-    """Stand-in for ``stepgym.trainers.runner``'s evaluation half (to be removed once it is on main)."""
-
-    @staticmethod
-    def load_checkpoint_model(path: Any) -> tuple[Any, Any, Any]:
-        from safetensors.torch import load_file
-        from stepgym.agents.models import load_model
-        from stepgym.trainers.checkpoint import latest_checkpoint
-        from stepgym.trainers.config import load_config
-
-        path = Path(path)
-        if not (path / "state.json").is_file():
-            path = latest_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
-        cfg = load_config(path)
-        model, tok = load_model(cfg.model, dtype=cfg.dtype)
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-        return model.eval(), tok, cfg
-
-    @staticmethod
-    def evaluate_model(
-        config: Any, model: Any, tok: Any, tasks: Any, *, temperature: float, seed: int = 0, progress: Any = None
-    ) -> Any:
-        from stepgym.agents.hf import HFPolicy
-        from stepgym.agents.policy import SamplingParams
-        from stepgym.agents.render import ChatRenderer
-        from stepgym.trainers.evaluate import evaluate
-
-        sampling = SamplingParams(
-            max_new_tokens=config.sampling.max_new_tokens,
-            temperature=temperature,
-            top_p=config.sampling.top_p,
-            stop=tuple(config.sampling.stop) or ("</action>", "</search>", "</answer>"),
-            seed=seed if temperature > 0 else None,
-        )
-        return evaluate(
-            HFPolicy(model, tok, seed=seed),
-            ChatRenderer(tok),
-            config.env_id,
-            tasks,
-            env_kwargs=config.eval.__dict__.get("env_kwargs", {}),
-            sampling=sampling,
-            layout=config.layout,
-            max_turns=config.max_turns,
-            max_prompt_tokens=config.max_prompt_tokens,
-            num_envs=config.num_envs,
-            backend=config.env_backend,
-            seed=seed,
-            progress=progress,
-        )
+    return importlib.import_module("stepgym.trainers.runner")
 
 
 def evaluate_split(
@@ -579,7 +525,7 @@ def evaluate_split(
     """Evaluate ``model`` on ``tasks`` of one split with a progress bar; ``{subset: SubsetResult-dict}``."""
     from tqdm import tqdm
 
-    env_kwargs = {**config.env_kwargs, **split.env_kwargs}
+    env_kwargs = {**config.eval.env_kwargs, **split.env_kwargs}  # the runner puts them over config.env_kwargs
     total = sum(len(v) for v in tasks.values())
     with tqdm(total=total, desc=desc, unit="ep", leave=False, dynamic_ncols=True) as bar:
         runner = _runner()
@@ -587,18 +533,17 @@ def evaluate_split(
         results, _ = runner.evaluate_model(
             cfg, model, tok, tasks, temperature=temperature, seed=seed, progress=bar.update
         )
-    return {k: v.to_dict() for k, v in results.items()}
+    return {k: results[k].to_dict() for k in tasks if k in results}  # the env's subset order
 
 
-def eval_plan(
-    env_id: str, base_kwargs: dict[str, Any], preset: P.Preset, subsets: Sequence[str], n: int | None
-) -> dict[str, dict[str, list[str]]]:
+def eval_plan(config: Any, preset: P.Preset, subsets: Sequence[str], n: int | None) -> dict[str, dict[str, list[str]]]:
     """``{split label: {subset: task ids}}``: the fixed evaluation sample (seed 0, same for every run)."""
     from stepgym.trainers.evaluate import sample_tasks, task_subsets
 
+    base_kwargs = {**config.env_kwargs, **config.eval.env_kwargs}
     plan = {}
     for split in preset.eval_splits:
-        by = task_subsets(env_id, {**base_kwargs, **split.env_kwargs})
+        by = task_subsets(config.env_id, {**base_kwargs, **split.env_kwargs})
         chosen = resolve_subsets(subsets, list(by)) if subsets else None
         plan[split.label] = sample_tasks(by, n, seed=0, subsets=chosen)
     return plan
@@ -738,7 +683,7 @@ def main_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     first = configs[seeds[0]]
     subsets = list(first.eval.subsets)
     n = _eval_n(args.eval_tasks, preset)
-    plan = eval_plan(env_id, dict(first.env_kwargs), preset, subsets, n)
+    plan = eval_plan(first, preset, subsets, n)
     decode = decodings(args.decoding or "greedy", first.eval.temperature)
     copies = int(first.loss.reference != "none") + int(_needs_teacher(method) and first.teacher.mode == "snapshot")
     fit = check_model_fits(model, first.dtype, getattr(first, "device", "cpu"), training=True, copies=copies)
@@ -797,7 +742,7 @@ def main_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         first, env_id, method, model, args.preset, status, seeds, per_seed, training, decode, plan, preset, t_start
     )
     tables = {
-        f"{label} ({R.metric_name(env_id)}, {', '.join(str(s) for s in per_seed)})": R.results_table(
+        f"{label} decoding · {R.metric_name(env_id)} · seeds {', '.join(str(s) for s in per_seed)}": R.results_table(
             summary["results"][label], R.metric_name(env_id)
         )
         for label in decode
@@ -910,9 +855,10 @@ def main_eval_only(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     first_cfg = None
     status = "complete"
     out: Path | None = None
-    labels = _checkpoint_labels(args.checkpoint)
+    paths = _expand_checkpoints(args.checkpoint)
+    labels = _checkpoint_labels(paths)
     try:
-        for path, name in zip(args.checkpoint, labels, strict=True):
+        for path, name in zip(paths, labels, strict=True):
             model, tok, ckpt_cfg = runner.load_checkpoint_model(path)
             env_id = resolve_env(args.env) if args.env_given else ckpt_cfg.env_id
             preset = P.get_preset(args.preset, env_id)
@@ -923,11 +869,11 @@ def main_eval_only(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             cfg = type(ckpt_cfg)(**data)
             first_cfg = first_cfg or cfg
             n = _eval_n(args.eval_tasks, preset)
-            plan = eval_plan(env_id, dict(cfg.env_kwargs), preset, list(cfg.eval.subsets), n)
+            plan = eval_plan(cfg, preset, list(cfg.eval.subsets), n)
             decode = decodings(args.decoding or "both", cfg.eval.temperature)
             if out is None:
                 out = Path(args.out or f"runs/eval-{env_id.split('/')[-1].lower()}")
-                print(f"eval-only · env {env_id} · {len(args.checkpoint)} checkpoints · out {out}", flush=True)
+                print(f"eval-only · env {env_id} · {len(paths)} checkpoints · out {out}", flush=True)
             res = evaluate_all(cfg, model, tok, preset, plan, decode, seed=cfg.seed, tag=name)
             for label, by_split in res.items():
                 columns[f"{name} {label}"] = by_split
@@ -963,6 +909,17 @@ def main_eval_only(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     print(text, flush=True)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}")
     return 130 if status == "interrupted" else 0
+
+
+def _expand_checkpoints(paths: Sequence[str]) -> list[str]:
+    """A multi-seed run folder (``runs/NAME`` with ``seed<k>/``) stands for each of its seeds' runs."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        is_ckpt = (path / "state.json").is_file() or (path / "checkpoints").is_dir() or any(path.glob("step-*"))
+        seeds = sorted(q for q in path.glob("seed*") if (q / "checkpoints").is_dir())
+        out += [str(q) for q in seeds] if seeds and not is_ckpt else [str(path)]
+    return out
 
 
 def _checkpoint_labels(paths: Sequence[str]) -> list[str]:
