@@ -80,10 +80,13 @@ def env_family(env_id: str) -> str:
 _SMOKE_COMMON: dict[str, Any] = {
     "credit": "stepopsd",
     "total_steps": 2,
-    "group_size": 4,
+    "group_size": 2,
     "tasks_per_step": 2,
-    "num_envs": 8,
+    "num_envs": 4,
     "micro_batch_size": 4,
+    # the in-process policy shares the trained weights, so its sampling log-probs are logp_old already;
+    # skipping the recompute saves one forward over the batch (the paper preset recomputes)
+    "recompute_old_logprobs": False,
     "checkpoint_every": 1,
     "keep_last": 2,
     "optim": {"lr": 1e-6},
@@ -96,20 +99,20 @@ _SMOKE: dict[str, Preset] = {
         family="searchqa",
         config={
             **_SMOKE_COMMON,
-            "env_kwargs": {"split": "train", "retriever": "bm25", "max_turns": 2},
+            "env_kwargs": {"split": "train", "retriever": "bm25", "max_turns": 2, "topk": 2},
             "train_subsets": ["nq", "hotpotqa"],
             "layout": "concat",
             "max_turns": 2,
             "max_prompt_tokens": 1536,
             "invalid_action_penalty": 0.01,
-            "sampling": {"max_new_tokens": 48},
+            "sampling": {"max_new_tokens": 32},
             "teacher": {"target": "step", "snapshot_interval": 10},
             "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
         },
         eval_splits=(EvalSplit("test", {"split": "test"}),),
-        eval_tasks_per_subset=4,
-        notes="2 StepOPSD steps (2 questions x 4 rollouts, 2 turns, 48 new tokens per turn) on the NQ+HotpotQA "
-        "train split, then greedy evaluation of 4 test questions per subset.",
+        eval_tasks_per_subset=3,
+        notes="2 StepOPSD steps (2 questions x 2 rollouts, 2 turns, 32 new tokens per turn, top-2 passages) on the "
+        "NQ+HotpotQA train split, then greedy evaluation of 3 test questions per subset.",
     ),
     "alfworld": Preset(
         name="smoke",
@@ -130,7 +133,7 @@ _SMOKE: dict[str, Preset] = {
             EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 4}),
         ),
         eval_tasks_per_subset=1,
-        notes="2 StepOPSD steps (2 games x 4 rollouts, 4 turns) on valid_train, then 1 game per task type of "
+        notes="2 StepOPSD steps (2 games x 2 rollouts, 4 turns) on valid_train, then 1 game per task type of "
         "valid_seen and valid_unseen (greedy).",
     ),
     "sandbox": Preset(

@@ -481,10 +481,12 @@ def _default_data_dir() -> str | None:
 
 # =========================================================================== SIGINT
 class StopFlag:
-    """First Ctrl-C: stop after the current step (checkpoint, partial results); second: stop now."""
+    """Ctrl-C handling: during training the first Ctrl-C stops after the current step (checkpoint, partial
+    results) and a second aborts; outside training (evaluation) the first one aborts."""
 
     def __init__(self) -> None:
         self.stop = False
+        self.training = False
         self._previous: Any = None
 
     def __enter__(self) -> StopFlag:
@@ -495,7 +497,8 @@ class StopFlag:
         signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop:
+        if self.stop or not self.training:
+            self.stop = True
             raise KeyboardInterrupt
         self.stop = True
         sys.stderr.write(
@@ -529,7 +532,13 @@ def evaluate_split(
     total = sum(len(v) for v in tasks.values())
     with tqdm(total=total, desc=desc, unit="ep", leave=False, dynamic_ncols=True) as bar:
         runner = _runner()
-        cfg = config.model_copy(update={"eval": config.eval.model_copy(update={"env_kwargs": env_kwargs})})
+        # one pool episode per task up to 32: a wider generation batch is faster on CPU and GPU alike
+        cfg = config.model_copy(
+            update={
+                "eval": config.eval.model_copy(update={"env_kwargs": env_kwargs}),
+                "num_envs": max(1, min(total, max(config.num_envs, 32))),
+            }
+        )
         results, _ = runner.evaluate_model(
             cfg, model, tok, tasks, temperature=temperature, seed=seed, progress=bar.update
         )
@@ -722,7 +731,11 @@ def main_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                             }
                         )
 
-                    result = runner.run_training(cfg, on_step=on_step, should_stop=stop)
+                    stop.training = True
+                    try:
+                        result = runner.run_training(cfg, on_step=on_step, should_stop=stop)
+                    finally:
+                        stop.training = False
                 training[k] = {
                     "final_step": result.final_step,
                     "interrupted": result.interrupted,
@@ -945,6 +958,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["STEPGYM_DATA"] = data_dir
         logger.warning("data: using %s (found beside the checkout; set STEPGYM_DATA to choose)", data_dir)
     overrides = config_overrides(args)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our bars only: no "Loading weights" bar per model load
+    except ImportError:
+        pass
     try:
         if args.eval_only:
             return main_eval_only(args, overrides)
