@@ -87,7 +87,7 @@ _SMOKE_COMMON: dict[str, Any] = {
     # the in-process policy shares the trained weights, so its sampling log-probs are logp_old already;
     # skipping the recompute saves one forward over the batch (the paper preset recomputes)
     "recompute_old_logprobs": False,
-    "checkpoint_every": 1,
+    "checkpoint_every": 0,  # only the final one (Ctrl-C writes one too); a smollm2 checkpoint takes ~20 s here
     "keep_last": 2,
     "optim": {"lr": 1e-6},
     "eval": {"every": 0, "temperature": 0.4},

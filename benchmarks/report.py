@@ -365,3 +365,6 @@ def _plot_key(
         steps = sorted(by_step)
         ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], lw=2, marker="o", label=label)
     ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))

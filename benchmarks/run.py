@@ -552,10 +552,25 @@ def eval_plan(config: Any, preset: P.Preset, subsets: Sequence[str], n: int | No
     base_kwargs = {**config.env_kwargs, **config.eval.env_kwargs}
     plan = {}
     for split in preset.eval_splits:
-        by = task_subsets(config.env_id, {**base_kwargs, **split.env_kwargs})
+        by = _in_env_order(config.env_id, task_subsets(config.env_id, {**base_kwargs, **split.env_kwargs}))
         chosen = resolve_subsets(subsets, list(by)) if subsets else None
         plan[split.label] = sample_tasks(by, n, seed=0, subsets=chosen)
     return plan
+
+
+def _in_env_order(env_id: str, by: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Subsets in the order the env module declares (its ``SUBSETS`` tuple, the papers' column order), if any."""
+    import gymnasium as gym
+
+    entry = gym.spec(env_id).entry_point
+    order: Sequence[str] = ()
+    if isinstance(entry, str) and ":" in entry:
+        try:
+            order = tuple(getattr(importlib.import_module(entry.split(":")[0]), "SUBSETS", ()))
+        except ImportError:
+            order = ()
+    rank = {s: i for i, s in enumerate(order)}
+    return dict(sorted(by.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
 def decodings(mode: str, temperature: float) -> dict[str, float]:
