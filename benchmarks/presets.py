@@ -119,21 +119,21 @@ _SMOKE: dict[str, Preset] = {
         family="alfworld",
         config={
             **_SMOKE_COMMON,
-            "env_kwargs": {"split": "train", "max_steps": 4},
+            "env_kwargs": {"split": "train", "max_steps": 2},
             "layout": "per-step",
-            "max_turns": 4,
+            "max_turns": 2,
             "max_prompt_tokens": 1536,
             "invalid_action_penalty": 0.1,
-            "sampling": {"max_new_tokens": 32},
+            "sampling": {"max_new_tokens": 24},
             "teacher": {"target": "action", "snapshot_interval": 10},
             "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "valid_unseen"}},
         },
         eval_splits=(
-            EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 4}),
-            EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 4}),
+            EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 2}),
+            EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 2}),
         ),
         eval_tasks_per_subset=1,
-        notes="2 StepOPSD steps (2 games x 2 rollouts, 4 turns) on valid_train, then 1 game per task type of "
+        notes="2 StepOPSD steps (2 games x 2 rollouts, 2 turns of at most 24 new tokens) on valid_train, then 1 game per task type of "
         "valid_seen and valid_unseen (greedy).",
     ),
     "sandbox": Preset(
