@@ -133,8 +133,8 @@ _SMOKE: dict[str, Preset] = {
             EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 2}),
         ),
         eval_tasks_per_subset=1,
-        notes="2 StepOPSD steps (2 games x 2 rollouts, 2 turns of at most 24 new tokens) on valid_train, then 1 game per task type of "
-        "valid_seen and valid_unseen (greedy).",
+        notes="2 StepOPSD steps (2 games x 2 rollouts, 2 turns of at most 24 new tokens) on valid_train, "
+        "then 1 game per task type of valid_seen and valid_unseen (greedy).",
     ),
     "sandbox": Preset(
         name="smoke",

@@ -707,10 +707,10 @@ def main_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     first = configs[seeds[0]]
     subsets = list(first.eval.subsets)
     n = _eval_n(args.eval_tasks, preset)
-    plan = eval_plan(first, preset, subsets, n)
-    decode = decodings(args.decoding or "greedy", first.eval.temperature)
     copies = int(first.loss.reference != "none") + int(_needs_teacher(method) and first.teacher.mode == "snapshot")
     fit = check_model_fits(model, first.dtype, getattr(first, "device", "cpu"), training=True, copies=copies)
+    plan = eval_plan(first, preset, subsets, n)
+    decode = decodings(args.decoding or "greedy", first.eval.temperature)
     print(f"env {env_id} · method {method} · preset {args.preset} · seeds {seeds} · out {out}", flush=True)
     print(f"model {model}{f' ({model_note})' if model_note else ''}; {fit}", flush=True)
     print(

@@ -138,6 +138,21 @@ def test_memory_estimate_refuses_a_model_too_large_before_loading():
         cli.check_model_fits("Qwen/Qwen2.5-72B-Instruct", "bfloat16", "cpu", training=True, copies=1)
 
 
+def test_missing_data_and_paper_preset_on_this_machine_fail_with_the_fix(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--env", "searchqa", "--model", "tiny", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "Could not find the 'searchqa' data folder" in capsys.readouterr().err
+    # the paper preset's Qwen2.5-3B (size from its name offline) needs ~57.6 GB to train: refused before loading
+    # unless this machine has that much free memory
+    need = cli.memory_needed(3e9, "bfloat16", training=True, copies=2)
+    assert need == pytest.approx(3e9 * (2 + 2 + 8 + 4) * 1.2)
+    if cli.available_memory("auto")[0] < need:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--env", "searchqa", "--preset", "paper", "--out", str(tmp_path)])
+        assert e.value.code == 2 and "model too large for this machine" in capsys.readouterr().err
+
+
 # =========================================================================== reports
 def _res(success, n=4, f1=None):
     return {"success": success, "n": n, "f1": f1, "outcome": success, "num_steps": 1.0}
