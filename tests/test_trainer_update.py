@@ -218,3 +218,53 @@ def test_more_mini_batches_than_rows_is_rejected():
     model = tiny_model()
     with pytest.raises(ValueError, match="8 rows cannot fill 9 mini-batches"):
         _update(model, _inputs(model), micro=8, mini=9)
+
+
+def test_value_loss_reads_only_value_mask_positions():
+    # StepPO regresses V_k only at each step's first trainable token (value.step_value_mask). Returns
+    # are 2 there and 100 everywhere else: were other tokens used, the loss would be far above 2.
+    from stepgym.trainers.value import step_value_mask
+
+    model = tiny_model()
+    inputs = _inputs(model)
+    step_index = collate(random_trajectories(2, 4, seed=0)).credit.step_index
+    vmask = step_value_mask(inputs.mask, step_index)
+    # every row has 1 or 2 steps (random_trajectories), so 8..16 value positions
+    assert 8 <= int(vmask.sum()) <= 16 and bool((vmask <= inputs.mask).all())
+    returns = inputs.mask * 100.0 - vmask * 98.0
+    head = torch.nn.Linear(64, 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    with_v = UpdateInputs(
+        inputs.input_ids,
+        inputs.attention_mask,
+        inputs.mask,
+        inputs.logp_old,
+        inputs.advantages,
+        returns=returns,
+        values_old=torch.zeros_like(returns),
+        value_mask=vmask,
+    )
+    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.1)
+    # micro-batch 3: the value normaliser is the mini-batch's value-position count, not per micro-batch
+    m = ppo_update(
+        model,
+        opt,
+        with_v,
+        loss_config=LossConfig(value_clip=None),
+        micro_batch_size=3,
+        value_head=head,
+        max_grad_norm=None,
+    )
+    # at zero init: 0.5 * mean over value positions of (0 - 2)^2 = 2; bias moves by -0.1 * 0.5 * (0 - 2) = +0.1
+    assert m["loss/value"] == pytest.approx(2.0, rel=1e-6)
+    assert head.bias.item() == pytest.approx(0.1, rel=1e-5)
+
+
+def test_step_value_mask_marks_first_trainable_token_of_each_step():
+    from stepgym.trainers.value import step_value_mask
+
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1, 0], [0, 0, 1, 1, 1, 0, 0]], dtype=torch.float32)
+    step_index = torch.tensor([[-1, 0, 0, -1, 1, 1, -1], [-1, -1, 0, 0, 0, -1, -1]])
+    expected = torch.tensor([[0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(step_value_mask(mask, step_index), expected)

@@ -22,7 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "cleanup", "init_distributed", "is_main", "shard_model", "shard_rows"]
+__all__ = ["DistInfo", "cleanup", "full_state_dict", "init_distributed", "is_main", "shard_model", "shard_rows"]
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,39 @@ def shard_model(
     kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    for layer in layers if layers is not None else []:
+    for layer in _decoder_layers(model):
         fully_shard(layer, **kwargs)
+    head = model._modules.get("value_head")  # trainers.value.attach_value_head: runs outside the root forward
+    if head is not None:
+        fully_shard(head, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``model.model.layers`` of a causal LM, also under a peft wrapper (``base_model.model.model.layers``)."""
+    for path in ("model.layers", "base_model.model.model.layers"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return list(obj)
+    return []
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights on CPU.
+
+    A collective under ``torch.distributed`` (every rank must call it): rank 0 gets every tensor,
+    other ranks an empty dict. Without a process group: ``model.state_dict()``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def shard_rows(num_rows: int, rank: int, world_size: int) -> torch.Tensor:

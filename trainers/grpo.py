@@ -1,15 +1,46 @@
 """The GRPO training loop, top to bottom.
 
-"Our GRPO", exactly: every step draws ``tasks_per_step`` tasks (seeded by ``(seed, step)``) and
-rolls out ``group_size`` episodes of each with the current policy; every ``TokenSequence`` becomes a
-row (``trainers/batch.py``); ``logp_old`` is recomputed by the trainer's forward (unless
-``recompute_old_logprobs`` is off); methods that need a teacher get teacher log-probs of the same
-tokens; the configured credit method (a registry entry, built-ins included) turns scores into
-per-token advantages; ``ppo_update`` runs ``ppo_epochs`` x ``mini_batches`` clipped-surrogate
-optimizer steps (optional k3 KL to the reference model, entropy bonus, auxiliary loss); the rollout
-engine receives the new weights; the teacher snapshot is refreshed every
-``teacher.snapshot_interval`` steps; evaluation and checkpoints run on their cadence. Metrics go to
-``<output_dir>/metrics.jsonl`` with namespaced keys.
+"Our GRPO", exactly (the defaults of ``TrainConfig``; every knob named is a config field):
+
+1. **Rollout.** Each training step ``s`` draws ``tasks_per_step`` tasks from ``train_subsets``
+   (with NumPy seeded by ``step_seed(seed, s)``; with replacement only when there are fewer tasks)
+   and the current policy plays ``group_size`` episodes of each, sampling at
+   ``sampling.temperature``/``top_p`` with the same per-step seed. An episode ends at termination,
+   at ``max_turns`` or at a token cap (truncation).
+2. **Rows.** Every ``TokenSequence`` is a row: one per agent step (``layout="per-step"``, the
+   prompt holds the history) or one per trajectory (``"concat"``, observations in between). Only
+   generated tokens are trainable (``mask``); observation, prompt and padding tokens never enter any
+   loss term. A trajectory's score is its outcome minus ``invalid_action_penalty`` per invalid step.
+3. **Old log-probs.** ``logp_old`` is recomputed with the trainer's forward at the rollout
+   temperature (``recompute_old_logprobs``; off = the engine's sampled log-probs).
+4. **Credit.** The configured method (registry, ``trainers/credit.py``) turns scores into
+   per-token advantages. Default ``grpo``: per group, ``A = (R - mean_g) / (std_g + 1e-6)``
+   (unbiased std; all-equal groups give exactly 0), the trajectory's ``A`` broadcast to every
+   trainable token of all its rows (DeepSeekMath, arXiv 2402.03300, outcome supervision).
+   Methods with ``needs_teacher`` get teacher log-probs of the same tokens (the snapshot or live
+   policy under hindsight context, ``teacher.*``); methods with ``needs_values`` (StepPO) get the
+   critic's values: a zero-initialised linear :class:`~stepgym.trainers.value.ValueHead` on the
+   policy's last hidden state (shared backbone), attached after LoRA, read at the token before
+   each step. NaN/inf advantages or returns on trainable tokens stop the run here.
+5. **Update** (``ppo_update``). ``ppo_epochs`` passes; each shuffles the rows (seeded) and takes
+   ``mini_batches`` AdamW steps, each accumulating gradients over micro-batches of
+   ``micro_batch_size`` rows. Per token: the clipped surrogate ``-min(r A, clip(r, 1-eps_low,
+   1+eps_high) A)`` with ``r`` per token (default) or GSPO's per sequence, optional dual clip;
+   plus ``kl_coef`` x k3 KL to the reference (off by default), minus ``entropy_coef`` x entropy
+   (off), plus the method's auxiliary loss (SDAR/OPSD) and, for StepPO, ``value_coef`` x the
+   clipped MSE of ``V_k`` to the step return ``G_k`` at each step's value position only
+   (ALGORITHMS.md §8). Aggregation default ``token-mean`` (sum over trainable tokens / their
+   count, DAPO-style; ``seq-mean-token-mean`` is the GRPO paper's), with every normaliser computed
+   over the whole mini-batch and all processes, so micro-batching and sharding do not change the
+   update. Gradient norm clipped to ``optim.max_grad_norm`` (1.0); lr ``optim.lr`` (1e-6) with the
+   configured warm-up/schedule, stepped per optimizer step. With the defaults (1 epoch, 1
+   mini-batch, recomputed ``logp_old``) the update is on-policy: ``r = 1`` and clipping is inactive.
+   A NaN/inf loss or gradient norm raises before ``optimizer.step()``.
+6. **Sync, teacher, evaluation, checkpoint.** The rollout engine gets the new weights (in-process
+   the policy shares the module); the teacher snapshot is refreshed every
+   ``teacher.snapshot_interval`` steps; every ``eval.every`` steps each eval subset is played once
+   per task at ``eval.temperature``; every ``checkpoint_every`` steps (and at the end) an atomic
+   checkpoint is written. Metrics go to ``<output_dir>/metrics.jsonl`` with namespaced keys.
 
 The loop is written against two pluggable functions so it does not depend on a particular engine:
 
@@ -18,17 +49,23 @@ The loop is written against two pluggable functions so it does not depend on a p
 * ``teacher(teacher_model, batch, trajectories) -> (logp_teacher, target_mask)`` -- needed only by
   credit methods with ``needs_teacher`` (``stepgym.distill.rescore.teacher_logprobs`` provides it).
 
-Resuming: the newest checkpoint under ``<output_dir>/checkpoints`` is loaded (weights, optimizer,
-scheduler, RNGs, step); every per-step random draw is seeded from ``(seed, step)``, so the steps
-after a resume reproduce an uninterrupted run's metrics exactly.
+Several processes (``torchrun --nproc_per_node N -m stepgym.trainers.launch CONFIG.json``): rank 0
+rolls out on an unsharded replica and broadcasts the trajectories; every rank computes the credit
+on all rows and updates its contiguous share of them on the FSDP2-sharded model (optimizer after
+sharding); the replica is re-synced from the full weights after every update.
+
+Resuming: the newest checkpoint under ``<output_dir>/checkpoints`` is loaded (weights with the value
+head, optimizer, scheduler, RNGs, step); every per-step random draw is seeded from ``(seed, step)``,
+so the steps after a resume reproduce an uninterrupted run's metrics exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,10 +77,18 @@ from stepgym.trainers.batch import RolloutBatch, collate
 from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stepgym.trainers.config import TrainConfig, save_config
 from stepgym.trainers.credit import check_credit_kwargs
-from stepgym.trainers.distributed import shard_rows
-from stepgym.trainers.metrics import make_sinks
+from stepgym.trainers.distributed import full_state_dict, shard_model, shard_rows
+from stepgym.trainers.metrics import MultiSink, make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
-from stepgym.trainers.update import UpdateInputs, compute_logprobs, ppo_update
+from stepgym.trainers.update import (
+    NonFiniteError,
+    UpdateInputs,
+    _is_fsdp,
+    compute_logprobs,
+    compute_logprobs_and_values,
+    ppo_update,
+)
+from stepgym.trainers.value import attach_value_head, step_value_mask
 
 __all__ = ["EvalFn", "RolloutFn", "TeacherFn", "step_seed", "train"]
 
@@ -75,6 +120,58 @@ def _broadcast_trajectories(trajs: list[Trajectory] | None) -> list[Trajectory]:
     box = [[t.model_dump_json() for t in trajs] if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return [Trajectory.model_validate_json(s) for s in box[0]]
+
+
+@contextlib.contextmanager
+def _unsharded(model: torch.nn.Module) -> Iterator[None]:
+    """Gather an FSDP2 root's own parameters (embeddings, final norm, LM head) while the body runs.
+
+    For code that calls the decoder and the LM head directly instead of ``model(...)`` (teacher
+    rescoring); the sharded layers gather themselves in their own forward hooks.
+    """
+    if not _is_fsdp(model):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+def _sync_replica(model: torch.nn.Module, replica: torch.nn.Module | None) -> None:
+    """Copy the sharded ``model``'s full weights into rank 0's unsharded ``replica`` (a collective)."""
+    full = full_state_dict(model)
+    if replica is not None:
+        replica.load_state_dict(full)
+
+
+def _intact(ckpt_root: Path) -> str:
+    newest = latest_checkpoint(ckpt_root)
+    where = f"the newest checkpoint {newest} is intact; resume from it" if newest else "no checkpoint was written yet"
+    return f"Nothing was saved for this step: {where}."
+
+
+def _check_credit_finite(
+    name: str,
+    advantages: torch.Tensor,  # [B, L]
+    returns: torch.Tensor | None,  # [B, L]
+    mask: torch.Tensor,  # [B, L]
+    step: int,
+    ckpt_root: Path,
+) -> None:
+    """Refuse NaN/inf advantages or returns on trainable tokens before they reach the update."""
+    on = mask > 0
+    for what, t in (("advantages", advantages), ("returns", returns)):
+        if t is None:
+            continue
+        bad = ~torch.isfinite(t[on])
+        if bad.any():
+            raise NonFiniteError(
+                f"training step {step + 1}: credit method {name!r} returned non-finite {what} on "
+                f"{int(bad.sum())} of {int(on.sum())} trainable tokens, so no update was made. "
+                f"{_intact(ckpt_root)} Check the method's inputs (scores, logp_old, values) for NaN/inf."
+            )
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -112,15 +209,21 @@ def train(
         on_step: Called with ``(step, metrics)`` after every step (progress bars).
         should_stop: Polled after every step; ``True`` writes a checkpoint and returns early (Ctrl-C).
 
+    Under ``torch.distributed`` every rank calls ``train`` with the same (unsharded) model and
+    config: rank 0 runs ``rollout`` (and ``evaluate``) on an unsharded replica, every rank takes its
+    rows' share of the update on the FSDP2-sharded model, and the replica is re-synced after each
+    update. ``rollout``/``evaluate`` are called only on rank 0 and ``teacher`` on every rank.
+
     Raises:
-        ValueError: The credit method needs a teacher (or a value head) that was not given.
+        ValueError: The credit method needs a teacher that was not given.
+        NonFiniteError: The credit method returned NaN/inf, or a loss or gradient became NaN/inf;
+            the step is abandoned before any optimizer step with non-finite values and before its
+            checkpoint, so the newest checkpoint on disk is intact.
     """
     # ------------------------------------------------------------------ setup
     method = check_credit_kwargs(config.credit, dict(config.credit_kwargs))
     if method.needs_teacher and teacher is None:
         raise ValueError(f"credit method {method.name!r} needs teacher log-probs; pass teacher=... to train()")
-    if method.needs_values:
-        raise ValueError(f"credit method {method.name!r} needs a value head, which train() does not build yet")
     if not task_ids:
         raise ValueError("task_ids is empty; nothing to train on (check train_subsets)")
     out = Path(config.output_dir)
@@ -130,19 +233,42 @@ def train(
         save_config(config, out)
     torch.manual_seed(config.seed)
     model = apply_lora(model, config.lora)
-    optimizer = build_optimizer(model.parameters(), config.optim)
-    updates_per_step = config.ppo_epochs * config.mini_batches
-    scheduler = build_scheduler(optimizer, config.optim, config.total_steps * updates_per_step)
+    # StepPO's critic: a zero-initialised head on the policy's last hidden state (shared backbone)
+    value_head = attach_value_head(model) if method.needs_values else None
     # the KL reference is the policy as given (before any checkpoint is loaded into it)
     reference = _frozen_copy(model) if config.loss.reference == "initial" else None
+    teacher_model = _frozen_copy(model) if method.needs_teacher and config.teacher.mode == "snapshot" else None
+    rollout_model = model
+    if world > 1:
+        # generation runs on rank 0 alone, so it needs an unsharded replica (re-synced after each update)
+        rollout_model = _frozen_copy(model) if rank == 0 else None
+        model = shard_model(model)
+        reference = shard_model(reference) if reference is not None else None
+        teacher_model = shard_model(teacher_model) if teacher_model is not None else None
+    optimizer = build_optimizer(model.parameters(), config.optim)  # after sharding: over the DTensor shards
+    low = [p for group in optimizer.param_groups for p in group["params"] if p.dtype in (torch.bfloat16, torch.float16)]
+    if low and config.optim.lr < 1e-4:
+        logger.warning(
+            "AdamW updates %d half-precision tensors in place at lr=%g: bfloat16 keeps 8 significant bits, so "
+            "an update below ~0.2%% of a weight rounds away and most weights never move (there are no float32 "
+            "master weights). Train in dtype='float32', or with LoRA (peft keeps adapters in float32).",
+            len(low),
+            config.optim.lr,
+        )
+    updates_per_step = config.ppo_epochs * config.mini_batches
+    scheduler = build_scheduler(optimizer, config.optim, config.total_steps * updates_per_step)
     start = 0
     ckpt_root = out / "checkpoints"
     if resume and latest_checkpoint(ckpt_root) is not None:
         start = load_checkpoint(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler).step
         logger.info("resumed from step %d", start)
-    # after a resume the snapshot is the resumed policy: exact when checkpoint_every is a multiple of the interval
-    teacher_model = _frozen_copy(model) if method.needs_teacher and config.teacher.mode == "snapshot" else None
-    sink = make_sinks(out, config.metric_sinks, resume_step=start, config=config.model_dump(mode="json"))
+        # after a resume the snapshot is the resumed policy: exact when checkpoint_every is a multiple of the interval
+        if teacher_model is not None:
+            teacher_model.load_state_dict(model.state_dict())
+        if world > 1:
+            _sync_replica(model, rollout_model)
+    kinds, dump = config.metric_sinks, config.model_dump(mode="json")
+    sink = make_sinks(out, kinds, resume_step=start, config=dump) if rank == 0 else MultiSink([])
     temperature = config.sampling.temperature
     history: list[dict[str, float]] = []
 
@@ -152,7 +278,7 @@ def train(
         # ------------------------------------------------------------------ 1. rollout
         tasks = _draw_tasks(task_ids, config.tasks_per_step, seed)
         model.eval()
-        trajs = _broadcast_trajectories(rollout(model, tasks, seed) if rank == 0 else None)
+        trajs = _broadcast_trajectories(rollout(rollout_model, tasks, seed) if rank == 0 else None)
         t_rollout = time.perf_counter()
 
         # ------------------------------------------------------------------ 2. rows, rescoring, credit
@@ -164,7 +290,24 @@ def train(
         )
         credit = batch.credit
         mb = config.micro_batch_size
-        if config.recompute_old_logprobs:
+        values_old = None
+        if value_head is not None:
+            # one forward gives logp_old and the critic's values, both token-aligned (values_old[b, l] = V of
+            # the state before token l); CreditBatch.values is position-aligned (values[b, l] = V of state l)
+            logp_old, values_old = compute_logprobs_and_values(
+                model,
+                value_head,
+                batch.input_ids,
+                batch.attention_mask,
+                micro_batch_size=mb,
+                temperature=temperature,
+                score_mask=credit.mask,
+            )
+            values = torch.cat([values_old[:, 1:], torch.zeros_like(values_old[:, :1])], dim=1)  # [B, L]
+            credit = replace(credit, values=values)
+            if config.recompute_old_logprobs:
+                credit = replace(credit, logp_old=logp_old * credit.mask)
+        elif config.recompute_old_logprobs:
             logp_old = compute_logprobs(
                 model,
                 batch.input_ids,
@@ -176,10 +319,11 @@ def train(
             credit = replace(credit, logp_old=logp_old * credit.mask)
         if method.needs_teacher:
             scorer = teacher_model if teacher_model is not None else model
-            with torch.no_grad():
+            with torch.no_grad(), _unsharded(scorer):
                 logp_teacher, target_mask = teacher(scorer, batch, trajs)
             credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask)
         out_credit = method(credit, **dict(config.credit_kwargs))
+        _check_credit_finite(method.name, out_credit.advantages, out_credit.returns, credit.mask, step, ckpt_root)
         logp_ref = None
         if config.loss.reference != "none":
             ref = reference if config.loss.reference == "initial" else teacher_model
@@ -202,28 +346,37 @@ def train(
             out_credit.advantages,
             logp_ref=logp_ref,
             aux=out_credit.aux,
+            returns=out_credit.returns if value_head is not None else None,
+            values_old=values_old,
+            value_mask=step_value_mask(credit.mask, credit.step_index) if value_head is not None else None,
         )
         if world > 1:
             inputs = inputs.rows(shard_rows(inputs.num_rows, rank, world))
         shuffle = torch.Generator().manual_seed(seed) if config.shuffle_rows else None
-        update_metrics = ppo_update(
-            model,
-            optimizer,
-            inputs,
-            loss_config=config.loss,
-            ppo_epochs=config.ppo_epochs,
-            mini_batches=config.mini_batches,
-            micro_batch_size=mb,
-            max_grad_norm=config.optim.max_grad_norm,
-            temperature=temperature,
-            scheduler=scheduler,
-            generator=shuffle,
-        )
+        try:
+            update_metrics = ppo_update(
+                model,
+                optimizer,
+                inputs,
+                loss_config=config.loss,
+                ppo_epochs=config.ppo_epochs,
+                mini_batches=config.mini_batches,
+                micro_batch_size=mb,
+                max_grad_norm=config.optim.max_grad_norm,
+                temperature=temperature,
+                scheduler=scheduler,
+                value_head=value_head,
+                generator=shuffle,
+            )
+        except NonFiniteError as e:
+            raise NonFiniteError(f"training step {step + 1}: {e} {_intact(ckpt_root)}") from e
         t_update = time.perf_counter()
 
         # ------------------------------------------------------------------ 4. weight sync, teacher snapshot
-        if on_weights_updated is not None:
-            on_weights_updated(model)
+        if world > 1:
+            _sync_replica(model, rollout_model)
+        if on_weights_updated is not None and rank == 0:
+            on_weights_updated(rollout_model)
         done = step + 1
         if teacher_model is not None and done % config.teacher.snapshot_interval == 0:
             teacher_model.load_state_dict(model.state_dict())
@@ -240,9 +393,9 @@ def train(
             **{f"credit/{k}": float(v) for k, v in out_credit.metrics.items()},
             **update_metrics,
         }
-        if evaluate is not None and config.eval.every and done % config.eval.every == 0:
-            model.eval()
-            metrics.update({f"eval/{k}": float(v) for k, v in evaluate(model, done).items()})
+        if evaluate is not None and config.eval.every and done % config.eval.every == 0 and rank == 0:
+            rollout_model.eval()
+            metrics.update({f"eval/{k}": float(v) for k, v in evaluate(rollout_model, done).items()})
         metrics.update(
             {
                 "time/rollout": t_rollout - t0,

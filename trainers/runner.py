@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from stepgym.agents.hf import HFPolicy
 from stepgym.agents.models import load_model
 from stepgym.agents.policy import SamplingParams
@@ -29,9 +30,11 @@ from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import RolloutBatch
 from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint
 from stepgym.trainers.config import CONFIG_FILENAME, TrainConfig, load_config
+from stepgym.trainers.credit import get_credit
 from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
 from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
 from stepgym.trainers.optim import apply_lora
+from stepgym.trainers.value import attach_value_head
 
 __all__ = [
     "RunResult",
@@ -103,6 +106,8 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
     config = load_config(config_file)
     model, tokenizer = build_model(config)
     model = apply_lora(model, config.lora)
+    if get_credit(config.credit).needs_values:  # StepPO checkpoints hold the critic head too
+        attach_value_head(model)
     load_checkpoint(ckpt, model=model, restore_rngs=False)
     model.eval()
     return model, tokenizer, config
@@ -147,11 +152,18 @@ def _sampling(config: TrainConfig, *, temperature: float, seed: int | None) -> S
 
 def make_rollout(pool: EnvPool, policy: Any, renderer: ChatRenderer, config: TrainConfig) -> RolloutFn:
     """The loop's rollout: ``collect`` with the config's group size, layout, limits and seeded sampling."""
+    current = policy
 
     def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+        nonlocal current
+        # an HF policy generates with the module the loop hands over (under several processes:
+        # rank 0's unsharded replica; under LoRA: the peft-patched base model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if isinstance(current, HFPolicy) and current.model is not base:
+            current = HFPolicy(base, current.tokenizer, seed=config.seed, max_batch_size=current.max_batch_size)
         return collect(
             pool,
-            policy,
+            current,
             task_ids,
             group_size=config.group_size,
             layout=config.layout,
@@ -250,6 +262,10 @@ def make_evaluator(config: TrainConfig, tokenizer: Any) -> EvalFn:
 
 
 # =========================================================================== the run
+def _no_rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+    raise RuntimeError("rollouts run on rank 0 only; train() must not call rollout on another rank")
+
+
 def run_training(
     config: TrainConfig,
     *,
@@ -263,20 +279,28 @@ def run_training(
         on_step: Called with ``(step, metrics)`` after every training step.
         should_stop: Polled after every step; ``True`` checkpoints and returns (``interrupted``).
     """
-    from stepgym.trainers.credit import get_credit
-
     method = get_credit(config.credit)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     model, tokenizer = build_model(config)
     tasks = train_task_ids(config)
     renderer = ChatRenderer(tokenizer)
     # the policy shares the trained module: LoRA (applied in train()) patches it in place
     policy = HFPolicy(model, tokenizer, seed=config.seed)
-    pool = EnvPool(config.env_id, config.num_envs, backend=config.env_backend, env_kwargs=config.env_kwargs)
+    # under several processes only rank 0 steps envs and generates; the loop broadcasts its trajectories
+    pool = (
+        EnvPool(config.env_id, config.num_envs, backend=config.env_backend, env_kwargs=config.env_kwargs)
+        if rank == 0
+        else None
+    )
     stopped = False
 
     def stop() -> bool:
         nonlocal stopped
         stopped = bool(should_stop and should_stop())
+        if dist.is_available() and dist.is_initialized():  # rank 0 decides, so every rank stops at the same step
+            box = [stopped]
+            dist.broadcast_object_list(box, src=0)
+            stopped = bool(box[0])
         return stopped
 
     try:
@@ -284,14 +308,15 @@ def run_training(
             config,
             model=model,
             task_ids=tasks,
-            rollout=make_rollout(pool, policy, renderer, config),
+            rollout=make_rollout(pool, policy, renderer, config) if pool is not None else _no_rollout,
             teacher=make_teacher(tokenizer, config) if method.needs_teacher else None,
-            evaluate=make_evaluator(config, tokenizer) if config.eval.every else None,
+            evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,
             on_step=on_step,
             should_stop=stop,
         )
     finally:
-        pool.close()
+        if pool is not None:
+            pool.close()
     out = Path(config.output_dir)
     ckpt = latest_checkpoint(out / "checkpoints")
     final = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0

@@ -30,7 +30,14 @@ from stepgym.trainers.losses import (
     kl_k3,
 )
 
-__all__ = ["NonFiniteError", "UpdateInputs", "compute_logprobs", "ppo_update", "token_logprobs"]
+__all__ = [
+    "NonFiniteError",
+    "UpdateInputs",
+    "compute_logprobs",
+    "compute_logprobs_and_values",
+    "ppo_update",
+    "token_logprobs",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -133,6 +140,37 @@ def compute_logprobs(
     return torch.cat(parts, dim=0)
 
 
+@torch.no_grad()
+def compute_logprobs_and_values(
+    model: torch.nn.Module,
+    value_head: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor,  # [B, L]
+    *,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    score_mask: torch.Tensor,  # [B, L]
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([B, L], [B, L])
+    """Old log-probs and old values in one forward per micro-batch (no grad).
+
+    Both are token-aligned (:func:`token_logprobs`): ``values[b, l]`` is the value of the state that
+    predicts token ``l``, i.e. of position ``l - 1``; 0 where ``score_mask`` is 0.
+    """
+    logps, values = [], []
+    for i in range(0, input_ids.shape[0], micro_batch_size):
+        logp, _, v = token_logprobs(
+            model,
+            input_ids[i : i + micro_batch_size],
+            attention_mask[i : i + micro_batch_size],
+            temperature=temperature,
+            value_head=value_head,
+            score_mask=score_mask[i : i + micro_batch_size],
+        )
+        logps.append(logp)
+        values.append(v)
+    return torch.cat(logps, dim=0), torch.cat(values, dim=0)
+
+
 # =========================================================================== inputs
 @dataclass(frozen=True)
 class UpdateInputs:
@@ -155,7 +193,10 @@ class UpdateInputs:
     returns: torch.Tensor | None = None
     """[B, L] float: value targets (credit methods with a critic)."""
     values_old: torch.Tensor | None = None
-    """[B, L] float: the critic's values before the update (for value clipping)."""
+    """[B, L] float: the critic's values before the update (for value clipping), token-aligned like ``logp``."""
+    value_mask: torch.Tensor | None = None
+    """[B, L] float: tokens whose value is regressed to ``returns`` (StepPO: each step's first
+    trainable token, ``value.step_value_mask``); ``None`` = every trainable token."""
 
     def rows(self, index: torch.Tensor) -> UpdateInputs:
         """The subset of rows ``index`` (a 1-D long tensor)."""
@@ -176,6 +217,7 @@ class UpdateInputs:
             aux=aux,
             returns=pick(self.returns),
             values_old=pick(self.values_old),
+            value_mask=pick(self.value_mask),
         )
 
     @property
@@ -190,8 +232,12 @@ def _distributed() -> bool:
 
 
 def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """Reduce ``x`` over processes (a new tensor on ``x``'s device); NCCL needs it on the current GPU."""
     if _distributed():
-        dist.all_reduce(x, op=op)
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+        y = x.to(dev)
+        dist.all_reduce(y, op=op)
+        return y.to(x.device)
     return x
 
 
@@ -265,10 +311,11 @@ def ppo_update(
                     aggregation_normalizer(mb.mask, cfg.aggregation, norm_length=norm_length),
                     float(mb.mask.sum()),
                     float(mb.aux.target_mask.sum()) if mb.aux is not None else 0.0,
+                    float((mb.value_mask if mb.value_mask is not None else mb.mask).sum()) if train_value else 0.0,
                 ],
                 dtype=torch.float64,
             )
-            pg_norm, tok_norm, tgt_norm = (max(float(c), 1.0) for c in _all_reduce(counts))
+            pg_norm, tok_norm, tgt_norm, val_norm = (max(float(c), 1.0) for c in _all_reduce(counts))
             n_micro = torch.tensor([math.ceil(mb.num_rows / micro_batch_size)])
             n_micro = int(_all_reduce(n_micro, dist.ReduceOp.MAX))  # every rank runs as many forwards
 
@@ -329,14 +376,18 @@ def ppo_update(
                     if cfg.value_clip is not None and micro.values_old is not None:
                         v_clip = micro.values_old + (values - micro.values_old).clamp(-cfg.value_clip, cfg.value_clip)
                         v_err = torch.maximum(v_err, (v_clip - micro.returns) ** 2)  # PPO value clipping
-                    value_loss = 0.5 * (v_err * mask).sum() / tok_norm
+                    vmask = (micro.value_mask if micro.value_mask is not None else micro.mask) * weight  # [b, L]
+                    value_loss = 0.5 * (v_err * vmask).sum() / val_norm
                     terms["value"] = value_loss
                     loss = loss + cfg.value_coef * value_loss
                 terms["clip_frac"] = (clipped * mask).sum() / tok_norm
                 terms["approx_kl"] = (0.5 * (logp - micro.logp_old) ** 2 * mask).sum() / tok_norm
                 terms["total"] = loss
 
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss.detach()))
+                if _distributed():  # every rank must stop together, or the others hang in the next collective
+                    finite = bool(_all_reduce(torch.tensor([float(not finite)]), dist.ReduceOp.MAX) == 0)
+                if not finite:
                     optimizer.zero_grad(set_to_none=True)
                     bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     raise NonFiniteError(

@@ -11,7 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CausalLMCritic", "ValueHead", "step_value_loss", "step_value_positions"]
+__all__ = [
+    "VALUE_HEAD_NAME",
+    "CausalLMCritic",
+    "ValueHead",
+    "attach_value_head",
+    "get_value_head",
+    "step_value_loss",
+    "step_value_mask",
+    "step_value_positions",
+]
+
+VALUE_HEAD_NAME = "value_head"
+"""Attribute under which :func:`attach_value_head` registers the head (its weights are saved as
+``value_head.proj.weight`` / ``value_head.proj.bias`` in the checkpoint's ``model.safetensors``)."""
 
 
 class ValueHead(nn.Module):
@@ -25,7 +38,34 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, L]
         """Values of every position."""
-        return self.proj(hidden.float()).squeeze(-1)  # [B, L]
+        return self.proj(hidden.to(self.proj.weight.dtype)).float().squeeze(-1)  # [B, L]
+
+
+def attach_value_head(model: nn.Module) -> ValueHead:
+    """Register a fresh :class:`ValueHead` on ``model`` (policy and critic share the backbone).
+
+    The head becomes part of ``model.parameters()`` (so the optimizer, FSDP sharding and
+    checkpoints include it) and lives on the model's device. Attach it *after* LoRA so peft does
+    not freeze it. Generation is unaffected: the head is only called on hidden states by the trainer.
+
+    Raises:
+        ValueError: ``model`` already has a value head, or no ``config.hidden_size``.
+    """
+    if get_value_head(model) is not None:
+        raise ValueError(f"model already has a {VALUE_HEAD_NAME!r}; attach it once")
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if hidden is None:
+        raise ValueError("attach_value_head needs a transformers model with config.hidden_size")
+    ref = next(model.parameters())
+    head = ValueHead(int(hidden)).to(ref.device)
+    model.add_module(VALUE_HEAD_NAME, head)
+    return head
+
+
+def get_value_head(model: nn.Module) -> ValueHead | None:
+    """The head registered by :func:`attach_value_head`, or ``None``."""
+    head = model._modules.get(VALUE_HEAD_NAME)
+    return head if isinstance(head, ValueHead) else None
 
 
 class CausalLMCritic(nn.Module):
@@ -66,6 +106,22 @@ def step_value_positions(
     first = on & (step_index != prev)  # [B, L] first trainable token of a step run
     rows, pos = first.nonzero(as_tuple=True)
     return rows, (pos - 1).clamp(min=0), pos
+
+
+def step_value_mask(
+    mask: torch.Tensor,  # [B, L]
+    step_index: torch.Tensor,  # [B, L] long
+) -> torch.Tensor:  # [B, L]
+    """1 on the first trainable token of every step run, 0 elsewhere.
+
+    In the token-aligned convention of ``trainers.update.token_logprobs`` (``values[b, l]`` = value
+    of the state that predicts token ``l``) these are exactly the positions holding ``V_k``, the value
+    at the token before step ``k`` (ALGORITHMS.md §8), so the critic loss reads values there.
+    """
+    rows, _, first = step_value_positions(mask, step_index)
+    out = torch.zeros_like(mask, dtype=torch.float32)  # [B, L]
+    out[rows, first] = 1.0
+    return out
 
 
 def step_value_loss(
