@@ -153,6 +153,17 @@ def test_missing_data_and_paper_preset_on_this_machine_fail_with_the_fix(capsys,
         assert e.value.code == 2 and "model too large for this machine" in capsys.readouterr().err
 
 
+def test_data_found_beside_the_checkout_when_nothing_else_is_set(tmp_path, monkeypatch):
+    # a fresh clone next to shared/data (the README quickstart layout), no $STEPGYM_DATA, no cache
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.setattr(cli, "REPO", tmp_path / "stepgym")
+    monkeypatch.delenv("STEPGYM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli._default_data_dir() == str(tmp_path / "shared" / "data")
+    monkeypatch.setenv("STEPGYM_DATA", "/elsewhere")  # an explicit choice wins
+    assert cli._default_data_dir() is None
+
+
 # =========================================================================== reports
 def _res(success, n=4, f1=None):
     return {"success": success, "n": n, "f1": f1, "outcome": success, "num_steps": 1.0}
