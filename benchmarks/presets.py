@@ -1,0 +1,280 @@
+"""Presets of ``benchmarks/run.py``: the ``smoke`` (2-core CPU, minutes) and ``paper`` (GPU) settings per env.
+
+A preset is a set of :class:`~stepgym.trainers.config.TrainConfig` overrides (nested dicts for the
+sections) plus what the runner does around training: which evaluation splits it reports and how
+many tasks per subset it evaluates. Precedence on the command line: field defaults (in
+``trainers/config.py``) < preset < explicit flags.
+
+``paper`` follows ``shared/ALGORITHMS.md`` §9 (the published GPU settings of the SDAR / StepOPSD /
+GiGPO papers); every value not given there is marked ``[recon]`` in :data:`PAPER_NOTES`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ENV_ALIASES",
+    "PAPER_NOTES",
+    "PRESETS",
+    "EvalSplit",
+    "Preset",
+    "env_family",
+    "get_preset",
+]
+
+ENV_ALIASES: dict[str, str] = {
+    "searchqa": "stepgym/SearchQA-v0",
+    "alfworld": "stepgym/ALFWorld-v0",
+    "sandbox": "stepgym/Sandbox-One-v0",
+    "sandbox-one": "stepgym/Sandbox-One-v0",
+    "sandbox-two": "stepgym/Sandbox-Two-v0",
+    "sandbox-delayed": "stepgym/Sandbox-Delayed-v0",
+    "sandbox-null": "stepgym/Sandbox-Null-v0",
+}
+"""Short names accepted by ``--env`` (any registered Gymnasium id works too)."""
+
+PRESETS: tuple[str, ...] = ("smoke", "paper")
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluation split of the report: a label and the env kwargs that select it."""
+
+    label: str
+    env_kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Config overrides and evaluation plan of one (env family, preset) pair."""
+
+    name: str
+    family: str
+    config: dict[str, Any]
+    """Nested ``TrainConfig`` overrides (``{"sampling": {"max_new_tokens": 64}, ...}``)."""
+    eval_splits: tuple[EvalSplit, ...]
+    """Splits the final evaluation reports (one table block each)."""
+    eval_tasks_per_subset: int | None
+    """Tasks per subset of the final evaluation; ``None`` = every task of the subset."""
+    notes: str = ""
+    default_model: str | None = None
+    """Model used when ``--model`` is not given (``None``: the best small local model)."""
+
+
+def env_family(env_id: str) -> str:
+    """``searchqa``, ``alfworld``, ``sandbox`` or ``generic`` for a registered env id."""
+    low = env_id.lower()
+    if "searchqa" in low:
+        return "searchqa"
+    if "alfworld" in low:
+        return "alfworld"
+    if "sandbox" in low:
+        return "sandbox"
+    return "generic"
+
+
+# --------------------------------------------------------------------------- smoke: 2-core CPU
+_SMOKE_COMMON: dict[str, Any] = {
+    "credit": "stepopsd",
+    "total_steps": 2,
+    "group_size": 2,
+    "tasks_per_step": 2,
+    "num_envs": 4,
+    "micro_batch_size": 4,
+    # the in-process policy shares the trained weights, so its sampling log-probs are logp_old already;
+    # skipping the recompute saves one forward over the batch (the paper preset recomputes)
+    "recompute_old_logprobs": False,
+    "checkpoint_every": 0,  # only the final one (Ctrl-C writes one too); a smollm2 checkpoint takes ~20 s here
+    "keep_last": 2,
+    "optim": {"lr": 1e-6},
+    "eval": {"every": 0, "temperature": 0.4},
+}
+
+_SMOKE: dict[str, Preset] = {
+    "searchqa": Preset(
+        name="smoke",
+        family="searchqa",
+        config={
+            **_SMOKE_COMMON,
+            "env_kwargs": {"split": "train", "retriever": "bm25", "max_turns": 2, "topk": 2},
+            "train_subsets": ["nq", "hotpotqa"],
+            "layout": "concat",
+            "max_turns": 2,
+            "max_prompt_tokens": 1536,
+            "invalid_action_penalty": 0.01,
+            "sampling": {"max_new_tokens": 32},
+            "teacher": {"target": "step", "snapshot_interval": 10},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
+        },
+        eval_splits=(EvalSplit("test", {"split": "test"}),),
+        eval_tasks_per_subset=3,
+        notes="2 StepOPSD steps (2 questions x 2 rollouts, 2 turns, 32 new tokens per turn, top-2 passages) on the "
+        "NQ+HotpotQA train split, then greedy evaluation of 3 test questions per subset.",
+    ),
+    "alfworld": Preset(
+        name="smoke",
+        family="alfworld",
+        config={
+            **_SMOKE_COMMON,
+            "env_kwargs": {"split": "train", "max_steps": 2},
+            "layout": "per-step",
+            "max_turns": 2,
+            "max_prompt_tokens": 1536,
+            "invalid_action_penalty": 0.1,
+            "sampling": {"max_new_tokens": 24},
+            "teacher": {"target": "action", "snapshot_interval": 10},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "valid_unseen"}},
+        },
+        eval_splits=(
+            EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 2}),
+            EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 2}),
+        ),
+        eval_tasks_per_subset=1,
+        notes="2 StepOPSD steps (2 games x 2 rollouts, 2 turns of at most 24 new tokens) on valid_train, "
+        "then 1 game per task type of valid_seen and valid_unseen (greedy).",
+    ),
+    "sandbox": Preset(
+        name="smoke",
+        family="sandbox",
+        config={
+            **_SMOKE_COMMON,
+            "env_kwargs": {"split": "train", "max_steps": 6},
+            "layout": "per-step",
+            "max_turns": 6,
+            "max_prompt_tokens": 1024,
+            "invalid_action_penalty": 0.1,
+            "sampling": {"max_new_tokens": 24},
+            "teacher": {"target": "action"},
+            "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
+        },
+        eval_splits=(EvalSplit("test", {"split": "test", "max_steps": 6}),),
+        eval_tasks_per_subset=4,
+        notes="2 StepOPSD steps on the sandbox train worlds, then 4 test worlds per subset (greedy).",
+    ),
+    "generic": Preset(
+        name="smoke",
+        family="generic",
+        config={**_SMOKE_COMMON, "layout": "per-step", "max_turns": 6, "sampling": {"max_new_tokens": 32}},
+        eval_splits=(EvalSplit("eval", {}),),
+        eval_tasks_per_subset=4,
+        notes="2 StepOPSD steps with the env's default kwargs, then 4 tasks per subset (greedy).",
+    ),
+}
+
+# --------------------------------------------------------------------------- paper: GPU, ALGORITHMS.md §9
+_PAPER_COMMON: dict[str, Any] = {
+    "credit": "stepopsd",
+    "dtype": "bfloat16",
+    "total_steps": 150,
+    "group_size": 8,
+    "optim": {"lr": 1e-6},
+    "teacher": {"mode": "snapshot", "snapshot_interval": 10},
+    "checkpoint_every": 10,
+    "eval": {"every": 10, "temperature": 0.4, "tasks_per_subset": 32},
+    "micro_batch_size": 8,
+}
+
+_PAPER: dict[str, Preset] = {
+    "searchqa": Preset(
+        name="paper",
+        family="searchqa",
+        default_model="Qwen/Qwen2.5-3B-Instruct",
+        config={
+            **_PAPER_COMMON,
+            "env_kwargs": {"split": "train", "retriever": "bm25", "max_turns": 4},
+            "train_subsets": ["nq", "hotpotqa"],
+            "tasks_per_step": 128,
+            "num_envs": 128,
+            "layout": "concat",
+            "max_turns": 4,
+            "max_prompt_tokens": 4096,
+            "invalid_action_penalty": 0.01,
+            "sampling": {"max_new_tokens": 500, "temperature": 1.0},
+            "loss": {"kl_coef": 0.001, "reference": "initial"},
+            "teacher": {**_PAPER_COMMON["teacher"], "target": "step"},
+            "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "test"}},
+        },
+        eval_splits=(EvalSplit("test", {"split": "test"}),),
+        eval_tasks_per_subset=None,
+        notes="Qwen2.5-3B-Instruct, 128 questions x 8 rollouts per step, 4 turns, prompt 4096, lr 1e-6, KL 0.001, "
+        "150 steps, train on NQ+HotpotQA, evaluate every test question at temperature 0.4.",
+    ),
+    "alfworld": Preset(
+        name="paper",
+        family="alfworld",
+        default_model="Qwen/Qwen2.5-3B-Instruct",
+        config={
+            **_PAPER_COMMON,
+            "env_kwargs": {"split": "train", "max_steps": 50},
+            "tasks_per_step": 16,
+            "num_envs": 128,
+            "env_backend": "process",
+            "layout": "per-step",
+            "max_turns": 50,
+            "max_prompt_tokens": 2048,
+            "invalid_action_penalty": 0.1,
+            "sampling": {"max_new_tokens": 512, "temperature": 1.0},
+            "loss": {"kl_coef": 0.01, "reference": "initial"},
+            "teacher": {**_PAPER_COMMON["teacher"], "target": "action"},
+            "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "valid_unseen"}},
+        },
+        eval_splits=(
+            EvalSplit("valid_seen", {"split": "valid_seen", "max_steps": 50}),
+            EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 50}),
+        ),
+        eval_tasks_per_subset=None,
+        notes="Qwen2.5-3B-Instruct, 16 games x 8 rollouts per step, 50 turns, prompt 2048 / response 512, "
+        "lr 1e-6, KL 0.01, 150 steps, evaluate every valid_seen and valid_unseen game at temperature 0.4.",
+    ),
+}
+_PAPER["sandbox"] = Preset(
+    name="paper",
+    family="sandbox",
+    default_model="Qwen/Qwen2.5-3B-Instruct",
+    config={
+        **_PAPER["alfworld"].config,
+        "env_kwargs": {"split": "train", "max_steps": 40},
+        "env_backend": "inprocess",
+        "max_turns": 40,
+        "eval": {**_PAPER_COMMON["eval"], "env_kwargs": {"split": "test"}},
+    },
+    eval_splits=(EvalSplit("test", {"split": "test", "max_steps": 40}),),
+    eval_tasks_per_subset=64,
+    notes="The ALFWorld paper settings on the sandbox (40-step budget), 64 test worlds per subset.",
+)
+_PAPER["generic"] = Preset(
+    name="paper",
+    family="generic",
+    default_model="Qwen/Qwen2.5-3B-Instruct",
+    config={k: v for k, v in _PAPER["alfworld"].config.items() if k not in ("env_kwargs", "env_backend", "eval")},
+    eval_splits=(EvalSplit("eval", {}),),
+    eval_tasks_per_subset=None,
+    notes="The ALFWorld paper settings with the env's default kwargs.",
+)
+
+PAPER_NOTES = """\
+paper preset (shared/ALGORITHMS.md section 9; runnable as-is on a GPU with the model available):
+  model            Qwen/Qwen2.5-3B-Instruct (SDAR Table 1); Qwen/Qwen3-1.7B via --model
+  Search-QA        128 tasks x 8 rollouts, 4 turns, prompt 4096, train NQ+HotpotQA, KL 0.001
+  ALFWorld         16 tasks x 8 rollouts, 50 turns, prompt 2048 / response 512, KL 0.01
+  both             lr 1e-6, 150 steps, validation temperature 0.4, bf16, teacher snapshot every 10 steps
+  [recon]          Search-QA response 500 tokens per turn (Search-R1's max_response_length), KL reference =
+                   the initial policy (--loss.reference teacher for the StepOPSD code's choice),
+                   eval every 10 steps on 32 tasks per subset, 128 envs in the pool
+"""
+"""What the paper preset takes from the papers and what it reconstructs (printed by ``--help``)."""
+
+
+def get_preset(name: str, env_id: str) -> Preset:
+    """The preset ``name`` for ``env_id`` (a deep copy: callers may edit it).
+
+    Raises:
+        ValueError: Unknown preset name.
+    """
+    table = {"smoke": _SMOKE, "paper": _PAPER}.get(name)
+    if table is None:
+        raise ValueError(f"unknown preset {name!r}; use one of {list(PRESETS)}")
+    return copy.deepcopy(table[env_family(env_id)])
