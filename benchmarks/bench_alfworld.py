@@ -57,6 +57,25 @@ def bench_raw(games: list[str], steps: int, data_dir: str | None) -> dict:
     return {"reset_s": t_reset / len(games), "steps_per_s": n / t_step, "steps": n, "rss_mb": [rss_mb()]}
 
 
+def _raw_in_child(args: tuple[list[str], int, str | None]) -> dict:
+    return bench_raw(*args)
+
+
+def bench_raw_parallel(games: list[str], steps: int, data_dir: str | None) -> dict:
+    """The hardware ceiling: two raw engines in two processes at once (no stepgym code), rates summed."""
+    import multiprocessing as mp
+
+    halves = [(games[0::2], steps, data_dir), (games[1::2], steps, data_dir)]
+    with mp.get_context("fork").Pool(2) as pool:
+        outs = pool.map(_raw_in_child, halves)
+    return {
+        "reset_s": sum(o["reset_s"] for o in outs) / 2,
+        "steps_per_s": sum(o["steps_per_s"] for o in outs),
+        "steps": sum(o["steps"] for o in outs),
+        "rss_mb": [m for o in outs for m in o["rss_mb"]],
+    }
+
+
 def bench_pool(games: list[str], steps: int, backend: str, workers: int, data_dir: str | None) -> dict:
     """``workers`` envs (one per worker) play the games in rounds; steps of all envs go together."""
     kwargs = {"games": games, "data_dir": data_dir}
@@ -141,6 +160,7 @@ def main() -> None:
     rows.append(("stepgym in-process", bench_pool(games, args.steps, "inprocess", 1, args.data_dir)))
     rows.append(("stepgym process, 1 worker", bench_pool(games, args.steps, "process", 1, args.data_dir)))
     rows.append(("stepgym process, 2 workers", bench_pool(games, args.steps, "process", 2, args.data_dir)))
+    rows.append(("raw engine x2 processes at once", bench_raw_parallel(games, args.steps, args.data_dir)))
     print(f"{'configuration':30s} {'reset s':>8s} {'steps/s':>8s} {'steps':>6s}  RSS MiB per worker")
     for name, r in rows:
         mem = ", ".join(f"{m:.0f}" for m in r["rss_mb"])
@@ -149,6 +169,7 @@ def main() -> None:
     one, two = rows[2][1]["steps_per_s"], rows[3][1]["steps_per_s"]
     print(f"wrapper overhead vs raw engine: {100 * (raw / inproc - 1):+.1f}% time per step")
     print(f"2 workers / 1 worker steps/s: {two / one:.2f}x")
+    print(f"hardware ceiling, 2 raw engines at once / 1 raw engine: {rows[4][1]['steps_per_s'] / raw:.2f}x")
     sync = bench_overlap(games, 2, args.data_dir, use_async=False)
     overlapped = bench_overlap(games, 2, args.data_dir, use_async=True)
     print(f"walkthrough of {len(games)} games, 2 workers: reset() {sync:.1f} s, reset_async() {overlapped:.1f} s")
