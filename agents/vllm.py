@@ -54,8 +54,11 @@ class _LoadWeights:
 
 
 class _FinishReload:
-    """Picklable callable run on each vLLM worker after a failed ``reload_weights``: puts back the
-    processed tensors of every layer that received no new weight (vLLM's own reload finalizer)."""
+    """Picklable callable run on each vLLM worker after a failed ``reload_weights``.
+
+    It runs vLLM's own reload finalizer, which puts back the processed tensors of every layer that
+    received no new weight.
+    """
 
     def __call__(self, worker: Any) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload

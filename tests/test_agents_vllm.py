@@ -77,7 +77,7 @@ def test_vllm_update_weights_in_place(engine):
         assert resets == [True]  # the engine confirmed the cache was emptied
         got = engine.generate(prompts, greedy)
         want = HFPolicy(other, tok).generate(prompts, greedy)
-        for g, w, b in zip(got, want, before):
+        for g, w in zip(got, want):
             assert g.ids == w.ids, (g.ids, w.ids)
             # greedy log-probs are log_softmax(logits) of the new model in both backends
             assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-3)
