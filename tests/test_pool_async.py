@@ -149,8 +149,19 @@ def play_free_running(pool, seeds):
     return trajs
 
 
-@pytest.mark.parametrize("backend", ["inprocess", "process"])
-def test_free_running_steps_give_the_lockstep_trajectories(backend):
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray", reason="Ray backend needs `pip install 'stepgym[ray]'`")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "process", "ray"])
+def test_free_running_steps_give_the_lockstep_trajectories(backend, request):
+    if backend == "ray":
+        request.getfixturevalue("ray_session")
     # seeds 0..4 pick digits whose bisection takes 1 to 4 guesses: ragged episodes
     seeds = [0, 1, 2, 3, 4]
     with EnvPool(ENV_ID, 5, backend="inprocess") as ref_pool:
@@ -226,3 +237,19 @@ def test_stepping_an_index_in_flight_or_not_active_is_refused():
             pool.wait_steps([1])
         assert list(pool.wait_steps()) == [0] and pool.pending_steps() == []
         assert pool.poll_steps(timeout=5.0) == {}  # nothing in flight: returns at once
+
+
+def test_a_finished_step_not_collected_yet_survives_its_worker_dying_after_it():
+    with EnvPool(ENV_ID, 2, backend="process", num_workers=1) as pool:
+        pool.reset(options=[{"task_id": "digit-3"}, {"task_id": "digit-4"}])  # guess 9 -> "Lower."
+        pool.step_async({0: "<action>guess 9</action>"})
+        pool.step_async({1: "<action>die</action>"})  # the worker exits while stepping env 1
+        died = pool.wait_steps([1])[1]  # env 0's reply comes first on the shared worker
+        assert died.truncated and died.info["error_type"] == "WorkerDied"
+        assert pool.pending_steps() == [0] and pool.worker_restarts == 1
+        ok = pool.wait_steps([0])[0]
+        assert ok.observation == "Lower." and not ok.done  # the step it did before the death counts
+        # but its episode lived in the dead worker: the next step reports the loss
+        lost = pool.step({0: "<action>guess 3</action>"})[0]
+        assert lost.truncated and lost.info["error_type"] == "WorkerDied"
+        assert pool.active() == []
