@@ -135,7 +135,7 @@ def bench_pool(
     kwargs = {"games": games, "data_dir": data_dir}
     pool = EnvPool(ENV_ID, workers, backend=backend, num_workers=workers, env_kwargs=kwargs)
     meter = BlockedMeter([w.proc.pid for w in pool._workers] if backend == "process" else [])
-    t_reset = t_step = t_both = 0.0
+    t_reset = t_step = t_both = cpu = 0.0  # cpu: this (driver) process's CPU time while stepping
     n = n_both = resets = 0
     for r in range(0, len(games), workers):
         batch = games[r : r + workers]
@@ -148,7 +148,7 @@ def bench_pool(
         infos = {i: info for i, (_, info) in zip(idx, first)}
         if free_running:
             meter.start()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             pool.step_async({i: agents[i].act("", infos[i]) for i in infos})
             taken = dict.fromkeys(infos, 1)
             first_done = None  # when the first env of the round ran out of steps
@@ -163,6 +163,7 @@ def bench_pool(
                         first_done = time.perf_counter()
                         meter.stop()
             end = time.perf_counter()
+            cpu += time.process_time() - c
             t_step += end - t
             t_both += (first_done or end) - t
             continue
@@ -171,9 +172,10 @@ def bench_pool(
             if not actions:
                 break
             meter.start()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = pool.step(actions)
             t_step += time.perf_counter() - t
+            cpu += time.process_time() - c
             meter.stop()
             n += len(out)
             infos = {i: s.info for i, s in out.items() if not s.done}
@@ -181,6 +183,7 @@ def bench_pool(
     pool.close()
     # a round resets `workers` games at once: reset time per round = wall time of one reset
     out = {"reset_s": t_reset / resets, "steps_per_s": n / t_step, "steps": n, "rss_mb": mem, "blocked": meter.share}
+    out["driver_ms"] = 1000 * cpu / n if backend == "process" else 0.0
     if free_running:
         # while every env of the round is still stepping (what a pool that resets finished envs with
         # reset_async sustains): steps collected until the first env ran out of steps, over that time
@@ -293,6 +296,9 @@ def main() -> None:
         rate = statistics.median(run[k]["steps_per_s"] for run in runs)
         blocked = f"{100 * statistics.median(run[k]['blocked'] for run in runs):7.1f}%" if "blocked" in r else ""
         print(f"{name:36s} {r['reset_s']:8.2f} {rate:8.1f} {r['steps']:6d} {blocked:>8s}  {mem}")
+        if "both_steps_per_s" in r:
+            both_rate = statistics.median(run[k]["both_steps_per_s"] for run in runs)
+            print(f"{'  ... while both envs step':36s} {'':8s} {both_rate:8.1f}")
     print("(steps/s: median over repeats; blocked: share of the stepping time a worker process waited for work)")
 
     def ratio(a: int, b: int) -> float:  # median over repeats of the per-repeat ratio
@@ -307,6 +313,8 @@ def main() -> None:
         f" {100 * tail:.0f}% of the stepping time)"
     )
     print(f"hardware ceiling, 2 raw engines at once / 1 raw engine: {ratio(5, 0):.2f}x")
+    driver = ", ".join(f"{runs[-1][k]['driver_ms']:.2f}" for k in (2, 3, 4))
+    print(f"driver process CPU per env step (1 worker, 2 lockstep, 2 free-running): {driver} ms")
     if args.skip_walkthroughs:
         return
     # whole episodes, resets included: 1 worker plays them one after the other
