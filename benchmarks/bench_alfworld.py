@@ -18,7 +18,8 @@ Also measures whole walkthroughs with resets overlapped (``reset_async``) and fr
 
 Usage::
 
-    STEPGYM_DATA=../shared/data python benchmarks/bench_alfworld.py --games 6 --steps 20
+    STEPGYM_DATA=../shared/data python benchmarks/bench_alfworld.py --games 8 --steps 15 --repeats 3
+    STEPGYM_DATA=../shared/data python benchmarks/bench_alfworld.py --games 8 --steps 15 --step-costs
 """
 
 from __future__ import annotations
@@ -101,6 +102,39 @@ def bench_raw(games: list[str], steps: int, data_dir: str | None) -> dict:
                 break
     env.close()
     return {"reset_s": t_reset / len(games), "steps_per_s": n / t_step, "steps": n, "rss_mb": [rss_mb()]}
+
+
+def step_costs(games: list[str], steps: int, data_dir: str | None) -> None:
+    """CPU time of each raw engine step (``time.process_time``, so other jobs' load hardly enters),
+    per game, and what two workers would get from those costs: lockstep (each step costs the slower
+    of a pair of games' steps) and free-running in rounds (each round costs the slower game)."""
+    env = ALFWorldEnv(data_dir=data_dir, games=games)
+    tw = env._engine()
+    per_game: list[list[float]] = []
+    for k, g in enumerate(games):
+        agent = RandomAdmissibleAgent(seed=k)
+        tw.load(env.gamefile(g))
+        state = tw.reset()
+        costs = []
+        for _ in range(steps):
+            cmd = agent.act("", {"admissible_actions": list(state["admissible_commands"])})[8:-9]
+            c = time.process_time()
+            state, _, done = tw.step(cmd)
+            costs.append(time.process_time() - c)
+            if done:
+                break
+        per_game.append(costs)
+        print(
+            f"  {g[-48:]:48s} {1000 * statistics.mean(costs):6.1f} ms/step (sd {1000 * statistics.pstdev(costs):.1f})"
+        )
+    env.close()
+    pairs = [(per_game[i], per_game[i + 1]) for i in range(0, len(per_game) - 1, 2)]
+    work = sum(sum(a) + sum(b) for a, b in pairs)
+    lock = sum(sum(max(x, y) for x, y in zip(a, b)) for a, b in pairs)
+    rounds = sum(max(sum(a), sum(b)) for a, b in pairs)
+    print(
+        f"replayed with 2 workers (ideal 2x): lockstep {work / lock:.2f}x, free-running in rounds {work / rounds:.2f}x"
+    )
 
 
 def _raw_in_child(args: tuple[list[str], int, str | None]) -> dict:
@@ -271,10 +305,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--repeats", type=int, default=1, help="run the steps/s configurations this many times")
     ap.add_argument("--skip-walkthroughs", action="store_true", help="only the steps/s table")
+    ap.add_argument("--step-costs", action="store_true", help="only the CPU cost of each engine step, per game")
     args = ap.parse_args()
     all_ids = ALFWorldEnv(split=args.split, data_dir=args.data_dir).task_ids
     stride = max(1, len(all_ids) // args.games)
     games = list(all_ids[::stride][: args.games])
+    if args.step_costs:
+        print(f"CPU time per raw engine step, {len(games)} games of {args.split}, {args.steps} random steps each:")
+        step_costs(games, args.steps, args.data_dir)
+        return
     print(f"{len(games)} games of {args.split}, {args.steps} random admissible steps each, {args.repeats} repeat(s)")
     configs: list[tuple[str, Callable[[], dict]]] = [
         ("raw engine (no stepgym)", lambda: bench_raw(games, args.steps, args.data_dir)),
