@@ -227,8 +227,8 @@ def bench_pool(
 
 def bench_episodes(
     games: list[str], workers: int, data_dir: str | None, mode: str, steps: int | None = None
-) -> tuple[float, int]:
-    """Wall time (resets included) and env steps to play every game once with ``workers`` envs.
+) -> tuple[float, int, float]:
+    """Wall time (resets included), env steps and worker blocked share to play every game once.
 
     A finished env starts the next game at once. ``mode``: ``"sync"`` resets with ``reset`` and steps
     with ``step`` (lockstep), ``"reset_async"`` overlaps resets with the other envs' lockstep steps, and
@@ -240,6 +240,8 @@ def bench_episodes(
     if steps is not None:
         kwargs["max_steps"] = steps
     pool = EnvPool(ENV_ID, workers, backend="process", num_workers=workers, env_kwargs=kwargs)
+    meter = BlockedMeter([w.proc.pid for w in pool._workers])
+    meter.start()
     todo = list(games)
     agents: dict[int, object] = {}
     infos: dict[int, dict] = {}
@@ -293,27 +295,13 @@ def bench_episodes(
                 if todo:
                     start(i)
     wall = time.perf_counter() - t0
+    meter.stop()
     pool.close()
-    return wall, n
+    return wall, n, meter.share
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", default="valid_unseen")
-    ap.add_argument("--games", type=int, default=6, help="games per configuration")
-    ap.add_argument("--steps", type=int, default=20, help="random admissible steps per episode")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--repeats", type=int, default=1, help="run the steps/s configurations this many times")
-    ap.add_argument("--skip-walkthroughs", action="store_true", help="only the steps/s table")
-    ap.add_argument("--step-costs", action="store_true", help="only the CPU cost of each engine step, per game")
-    args = ap.parse_args()
-    all_ids = ALFWorldEnv(split=args.split, data_dir=args.data_dir).task_ids
-    stride = max(1, len(all_ids) // args.games)
-    games = list(all_ids[::stride][: args.games])
-    if args.step_costs:
-        print(f"CPU time per raw engine step, {len(games)} games of {args.split}, {args.steps} random steps each:")
-        step_costs(games, args.steps, args.data_dir)
-        return
+def steps_table(games: list[str], args: argparse.Namespace) -> None:
+    """Steps/s of every configuration, ``args.repeats`` times interleaved, and the ratios."""
     print(f"{len(games)} games of {args.split}, {args.steps} random admissible steps each, {args.repeats} repeat(s)")
     configs: list[tuple[str, Callable[[], dict]]] = [
         ("raw engine (no stepgym)", lambda: bench_raw(games, args.steps, args.data_dir)),
@@ -354,19 +342,21 @@ def main() -> None:
     print(f"hardware ceiling, 2 raw engines at once / 1 raw engine: {ratio(5, 0):.2f}x")
     driver = ", ".join(f"{runs[-1][k]['driver_ms']:.2f}" for k in (2, 3, 4))
     print(f"driver process CPU per env step (1 worker, 2 lockstep, 2 free-running): {driver} ms")
-    if args.skip_walkthroughs:
-        return
+
+
+def episodes(games: list[str], args: argparse.Namespace) -> None:
+    """Whole episodes (resets included) with 1 and 2 workers, then walkthroughs with 2 workers."""
     # whole episodes, resets included: 1 worker plays them one after the other
-    one_wall, n1 = bench_episodes(games, 1, args.data_dir, "free", args.steps)
-    line = [f"1 worker {one_wall:.1f} s"]
+    one_wall, n1, one_blocked = bench_episodes(games, 1, args.data_dir, "free", args.steps)
+    line = [f"1 worker {one_wall:.1f} s (blocked {100 * one_blocked:.0f}%)"]
     for mode, label in [
         ("sync", "reset()+step()"),
         ("reset_async", "reset_async()+step()"),
         ("free", "reset_async()+step_async()"),
     ]:
-        wall, n2 = bench_episodes(games, 2, args.data_dir, mode, args.steps)
+        wall, n2, blocked = bench_episodes(games, 2, args.data_dir, mode, args.steps)
         assert n2 == n1, f"{mode} played {n2} steps, 1 worker {n1}"
-        line.append(f"2 workers {label} {wall:.1f} s ({one_wall / wall:.2f}x)")
+        line.append(f"2 workers {label} {wall:.1f} s ({one_wall / wall:.2f}x, blocked {100 * blocked:.0f}%)")
     print(f"{len(games)} whole episodes ({n1} random steps, resets included): " + "; ".join(line))
     line = []
     for mode, label in [
@@ -374,9 +364,33 @@ def main() -> None:
         ("reset_async", "reset_async()+step()"),
         ("free", "reset_async()+step_async()"),
     ]:
-        wall, _ = bench_episodes(games, 2, args.data_dir, mode)
-        line.append(f"{label} {wall:.1f} s")
+        wall, _, blocked = bench_episodes(games, 2, args.data_dir, mode)
+        line.append(f"{label} {wall:.1f} s (blocked {100 * blocked:.0f}%)")
     print(f"walkthroughs of {len(games)} games, 2 workers: " + "; ".join(line))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--split", default="valid_unseen")
+    ap.add_argument("--games", type=int, default=6, help="games per configuration")
+    ap.add_argument("--steps", type=int, default=20, help="random admissible steps per episode")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="run the steps/s configurations this many times")
+    ap.add_argument("--skip-table", action="store_true", help="skip the steps/s table")
+    ap.add_argument("--skip-episodes", action="store_true", help="skip whole episodes and walkthroughs")
+    ap.add_argument("--step-costs", action="store_true", help="only the CPU cost of each engine step, per game")
+    args = ap.parse_args()
+    all_ids = ALFWorldEnv(split=args.split, data_dir=args.data_dir).task_ids
+    stride = max(1, len(all_ids) // args.games)
+    games = list(all_ids[::stride][: args.games])
+    if args.step_costs:
+        print(f"CPU time per raw engine step, {len(games)} games of {args.split}, {args.steps} random steps each:")
+        step_costs(games, args.steps, args.data_dir)
+        return
+    if not args.skip_table:
+        steps_table(games, args)
+    if not args.skip_episodes:
+        episodes(games, args)
 
 
 if __name__ == "__main__":
