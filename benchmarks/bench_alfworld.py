@@ -269,11 +269,10 @@ def bench_episodes(
         start(i)
     while infos or pool.pending_resets() or pool.pending_steps():
         if mode == "free":
-            # block on resets only when no step is in flight; on steps, only briefly while a reset
-            # may come back (its env then starts stepping within 20 ms)
-            for i, (obs, info) in pool.poll_resets(timeout=0.0 if pool.pending_steps() else 60.0).items():
+            resets, stepped = pool.poll(timeout=60.0)  # whatever finished first, resets or steps
+            for i, (obs, info) in resets.items():
                 begin(i, obs, info)
-            for i, s in pool.poll_steps(timeout=0.02 if pool.pending_resets() else 60.0).items():
+            for i, s in stepped.items():
                 n += 1
                 if not s.done:
                     pool.step_async({i: agents[i].act(s.observation, s.info)})

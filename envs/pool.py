@@ -20,7 +20,8 @@ Steps can run free too: :meth:`EnvPool.step_async` sends actions and returns at 
 :meth:`EnvPool.poll_steps` / :meth:`EnvPool.wait_steps` collect whatever has finished, so a driver can
 give each env its next action as soon as its previous step returns instead of waiting, every round,
 for the slowest env of the pool (:meth:`EnvPool.step` is ``step_async`` + ``wait_steps``: lockstep).
-With the ``inprocess`` backend the steps run right inside ``step_async``.
+:meth:`EnvPool.poll` collects finished resets and steps in one call. With the ``inprocess`` backend
+the steps run right inside ``step_async``.
 
 An env class may define ``step_batch(envs, actions) -> list[tuple]`` as a classmethod: a host then
 steps all of its envs of that class with one call (e.g. one batched retrieval for many searches).
@@ -640,6 +641,30 @@ class EnvPool:
             if out or not self._stepping or left <= 0:
                 return out
             self._wait_any({t.worker for t in self._stepping.values() if not t.done}, left)
+
+    def poll(self, timeout: float = 0.0) -> tuple[dict[int, tuple[str, dict[str, Any]]], dict[int, EnvStep]]:
+        """Collect the resets and the steps that have finished, waiting up to ``timeout`` s for a first one.
+
+        One call for a driver that keeps both kinds in flight (a finished env starts its next episode
+        with :meth:`reset_async` while the others step with :meth:`step_async`).
+
+        Returns:
+            ``(resets, steps)``: ``{index: (obs, info)}`` and ``{index: EnvStep}`` (both possibly
+            empty; at once when nothing is in flight).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            tickets = [*self._resetting.values(), *self._stepping.values()]
+            for w in {t.worker for t in tickets if not t.done}:
+                while self._queues[w] and self._workers[w].ready(0.0):
+                    self._advance(w)
+            resets = self._collect_resets([i for i, t in self._resetting.items() if t.done])
+            steps = self._collect_steps([i for i, t in self._stepping.items() if t.done])
+            left = deadline - time.monotonic()
+            if resets or steps or not (self._resetting or self._stepping) or left <= 0:
+                return resets, steps
+            tickets = [*self._resetting.values(), *self._stepping.values()]
+            self._wait_any({t.worker for t in tickets if not t.done}, left)
 
     def wait_steps(self, indices: Sequence[int] | None = None) -> dict[int, EnvStep]:
         """Wait for the steps in flight at ``indices`` (default: all of them) and collect them.

@@ -253,3 +253,20 @@ def test_a_finished_step_not_collected_yet_survives_its_worker_dying_after_it():
         lost = pool.step({0: "<action>guess 3</action>"})[0]
         assert lost.truncated and lost.info["error_type"] == "WorkerDied"
         assert pool.active() == []
+
+
+def test_poll_returns_steps_and_resets_as_they_finish():
+    with EnvPool(SLOW_ID, 2, backend="process", num_workers=2) as pool:
+        pool.reset(seeds=[0, 1])
+        t0 = time.monotonic()
+        pool.reset_async(seeds=[5], indices=[0])  # sleeps 1.5 s on worker 0
+        pool.step_async({1: "<action>guess 9</action>"})
+        resets, steps = pool.poll(timeout=RESET_SECONDS / 2)
+        # the step on worker 1 comes back first, long before the reset on worker 0
+        assert resets == {} and list(steps) == [1] and time.monotonic() - t0 < RESET_SECONDS / 2
+        assert steps[1].info["valid_action"] is True
+        resets, steps = pool.poll(timeout=30.0)
+        assert list(resets) == [0] and steps == {} and time.monotonic() - t0 >= RESET_SECONDS
+        assert resets[0][1]["task_id"] == GuessDigitEnv().reset(seed=5)[1]["task_id"]
+        assert pool.poll(timeout=30.0) == ({}, {})  # nothing in flight: at once
+        assert 0 in pool.active()
