@@ -671,6 +671,9 @@ class EnvPool:
 
         Raises:
             PoolStateError: An index has no step in flight.
+            RuntimeError: A worker itself failed to answer (not an env error, which truncates the
+                episode). The other steps are still waited for and collected first, and the failed
+                ones count as truncated, so the pool stays usable.
         """
         idx = self.pending_steps() if indices is None else list(indices)
         for i in idx:
