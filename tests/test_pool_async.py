@@ -270,3 +270,30 @@ def test_poll_returns_steps_and_resets_as_they_finish():
         assert resets[0][1]["task_id"] == GuessDigitEnv().reset(seed=5)[1]["task_id"]
         assert pool.poll(timeout=30.0) == ({}, {})  # nothing in flight: at once
         assert 0 in pool.active()
+
+
+UNPICKLABLE_ID = "thirdparty/GuessDigitUnpicklable-v0"
+
+
+class UnpicklableInfoEnv(GuessDigitEnv):
+    """GuessDigit whose step info cannot be sent back to the main process when the text says so."""
+
+    def _step(self, action_text):
+        obs, reward, terminated, truncated, info = super()._step(action_text)
+        if action_text.startswith("unpicklable"):
+            info["callback"] = lambda: None  # a worker cannot pickle its reply
+        return obs, reward, terminated, truncated, info
+
+
+if UNPICKLABLE_ID not in gym.registry:
+    gym.register(UNPICKLABLE_ID, entry_point=UnpicklableInfoEnv)
+
+
+def test_a_worker_that_cannot_answer_raises_after_collecting_every_step():
+    with EnvPool(UNPICKLABLE_ID, 2, backend="process", num_workers=2) as pool:
+        pool.reset(options=[{"task_id": "digit-3"}, {"task_id": "digit-4"}])
+        with pytest.raises(RuntimeError, match="step: .*pickle"):
+            pool.step({0: "unpicklable <action>guess 9</action>", 1: "<action>guess 9</action>"})
+        # nothing left in flight; env 0's step counts as truncated, env 1 stepped and goes on
+        assert pool.pending_steps() == [] and pool.active() == [1]
+        assert pool.step({1: "<action>guess 4</action>"})[1].observation == "Correct!"
