@@ -14,7 +14,10 @@ own step is back, so neither core waits for the other). The hardware ceiling is 
 two processes at once with no stepgym code (rates summed).
 
 The raw engine is TextWorld's PDDL env with ALFWorld's wrappers, driven directly (no stepgym).
-Also measures whole walkthroughs with resets overlapped (``reset_async``) and free-running steps.
+Then whole episodes, resets included (1 worker vs 2 workers driven by ``reset``+``step``,
+``reset_async``+``step`` and ``reset_async``+``step_async``), and the games' walkthroughs. For each
+pool run it also prints the share of time the worker processes were blocked waiting for work (from
+``/proc/<pid>/schedstat``): the pool's own loss, hardly affected by other jobs' load.
 
 Usage::
 
