@@ -17,7 +17,7 @@ The raw engine is TextWorld's PDDL env with ALFWorld's wrappers, driven directly
 Then whole episodes, resets included (1 worker vs 2 workers driven by ``reset``+``step``,
 ``reset_async``+``step`` and ``reset_async``+``step_async``), and the games' walkthroughs. For each
 pool run it also prints the share of time the worker processes were blocked waiting for work (from
-``/proc/<pid>/schedstat``): the pool's own loss, hardly affected by other jobs' load.
+``/proc/<pid>/schedstat``): the pool's own loss, less affected by other jobs' load than steps/s.
 
 Usage::
 
@@ -50,7 +50,7 @@ class BlockedMeter:
 
     From Linux ``/proc/<pid>/schedstat`` (CPU time, run-queue wait): blocked = wall - CPU - run-queue
     wait. A worker is blocked when it waits for its next request, e.g. in lockstep while the other
-    worker finishes a slower step. Unlike steps/s this hardly depends on other jobs' load, so it
+    worker finishes a slower step. It depends less than steps/s on other jobs' load, so it
     shows the pool's own loss on a busy machine too (0% where ``/proc`` has no schedstat).
     """
 
