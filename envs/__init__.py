@@ -9,7 +9,7 @@ from __future__ import annotations
 from gymnasium.envs.registration import register, registry
 from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking
 from stepgym.envs.data import DataNotFoundError, MalformedDataError, read_jsonl, resolve_data_dir
-from stepgym.envs.pool import EnvHost, EnvPool, EnvStep
+from stepgym.envs.pool import EnvHost, EnvPool, EnvStep, PoolStateError
 from stepgym.envs.records import JsonDict, StepRecord, TokenSequence, Trajectory
 from stepgym.envs.spaces import TextSpace
 
@@ -22,6 +22,7 @@ __all__ = [
     "JsonDict",
     "MalformedDataError",
     "ParsedAction",
+    "PoolStateError",
     "StepRecord",
     "TextEnv",
     "TextSpace",

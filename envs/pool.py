@@ -16,6 +16,13 @@ Resets can overlap with steps: :meth:`EnvPool.reset_async` starts resets and ret
 :meth:`EnvPool.poll_resets` / :meth:`EnvPool.wait_resets` collect the first observations. Each
 worker answers its requests in order, so a step waits only for the resets queued on its own worker.
 
+Steps can run free too: :meth:`EnvPool.step_async` sends actions and returns at once, and
+:meth:`EnvPool.poll_steps` / :meth:`EnvPool.wait_steps` collect whatever has finished, so a driver can
+give each env its next action as soon as its previous step returns instead of waiting, every round,
+for the slowest env of the pool (:meth:`EnvPool.step` is ``step_async`` + ``wait_steps``: lockstep).
+:meth:`EnvPool.poll` collects finished resets and steps in one call. With the ``inprocess`` backend
+the steps run right inside ``step_async``.
+
 An env class may define ``step_batch(envs, actions) -> list[tuple]`` as a classmethod: a host then
 steps all of its envs of that class with one call (e.g. one batched retrieval for many searches).
 If ``step_batch`` raises, every episode of that call is truncated with the error (never re-stepped:
@@ -32,17 +39,26 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as _wait_connections
 from typing import Any, Literal
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
-__all__ = ["EnvHost", "EnvPool", "EnvStep", "PoolBackend"]
+__all__ = ["EnvHost", "EnvPool", "EnvStep", "PoolBackend", "PoolStateError"]
 
 logger = logging.getLogger(__name__)
 
 PoolBackend = Literal["inprocess", "process", "ray"]
 _TRANSPARENT_WRAPPERS = ("OrderEnforcing", "PassiveEnvChecker")
+
+
+class PoolStateError(RuntimeError, ValueError):
+    """An env index was used in a state that does not allow it (e.g. stepped while its step is in flight).
+
+    A ``RuntimeError`` (as the pool's state errors always were) and a ``ValueError`` (the caller's
+    indices are wrong), so either ``except`` catches it.
+    """
 
 
 @dataclass
@@ -64,6 +80,11 @@ class EnvStep:
 def _error_info(where: str, exc: BaseException) -> dict[str, Any]:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return {"error": f"{where}: {text}", "error_type": type(exc).__name__}
+
+
+def _died_step(why: str) -> EnvStep:
+    """The result of a step whose worker died before answering."""
+    return EnvStep("", 0.0, False, True, {"error": why, "error_type": "WorkerDied"})
 
 
 def _spec_of(env_id: str | EnvSpec) -> EnvSpec:
@@ -445,6 +466,7 @@ class EnvPool:
         self._lost: dict[int, str] = {}  # env index -> why its episode ended with a dead worker
         self._queues: list[deque[_Ticket]] = [deque() for _ in self._workers]  # requests in flight
         self._resetting: dict[int, _Ticket] = {}  # env index -> its reset in flight (or not collected)
+        self._stepping: dict[int, _Ticket] = {}  # env index -> its step in flight (or not collected)
         self.worker_restarts = 0
         """How many times a worker was replaced (death or memory cap)."""
 
@@ -461,6 +483,10 @@ class EnvPool:
     def pending_resets(self) -> list[int]:
         """Indices of envs whose reset was started by :meth:`reset_async` and not yet collected."""
         return sorted(self._resetting)
+
+    def pending_steps(self) -> list[int]:
+        """Indices of envs whose step was started by :meth:`step_async` and not yet collected."""
+        return sorted(self._stepping)
 
     def reset(
         self,
@@ -499,7 +525,11 @@ class EnvPool:
             if not 0 <= i < self.num_envs:
                 raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
             if i in self._resetting:
-                raise RuntimeError(f"env {i} already has a reset in flight; collect it with wait_resets() first")
+                raise PoolStateError(f"env {i} already has a reset in flight; collect it with wait_resets() first")
+            if i in self._stepping:
+                raise PoolStateError(
+                    f"env {i} has a step in flight; collect it with poll_steps()/wait_steps() before resetting it"
+                )
         self._recycle_fat_workers(idx)
         for i in idx:
             self._active[i] = False
@@ -526,45 +556,139 @@ class EnvPool:
                 while self._queues[w] and self._workers[w].ready(0.0):
                     self._advance(w)
             out = self._collect_resets([i for i, t in self._resetting.items() if t.done])
-            if out or not self._resetting or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if out or not self._resetting or left <= 0:
                 return out
-            time.sleep(0.002)
+            self._wait_any({t.worker for t in self._resetting.values() if not t.done}, left)
 
     def wait_resets(self, indices: Sequence[int] | None = None) -> dict[int, tuple[str, dict[str, Any]]]:
         """Wait for the resets in flight at ``indices`` (default: all of them) and collect them."""
         idx = self.pending_resets() if indices is None else list(indices)
         for i in idx:
             if i not in self._resetting:
-                raise RuntimeError(f"env {i} has no reset in flight; start one with reset_async()")
+                raise PoolStateError(f"env {i} has no reset in flight; start one with reset_async()")
         for i in idx:
             self._wait(self._resetting[i])
         return self._collect_resets(idx)
 
     def step(self, actions: Mapping[int, str]) -> dict[int, EnvStep]:
-        """Step the envs named in ``actions`` (index -> raw model text); others are untouched.
+        """Step the envs named in ``actions`` (index -> raw model text) and wait for all of them.
 
-        Resets in flight on other workers keep running; this call does not wait for them.
+        Envs not named are untouched. Resets in flight on other workers keep running; this call does
+        not wait for them. Lockstep: it returns when the slowest of these steps is done (see
+        :meth:`step_async` to let each env go on as soon as its own step is done).
+
+        Raises:
+            IndexError: An index is out of range.
+            PoolStateError: An env has a reset or a step in flight, or is not in an episode.
         """
+        self.step_async(actions)
+        return self.wait_steps(list(actions))
 
-        def died(why: str) -> EnvStep:
-            return EnvStep("", 0.0, False, True, {"error": why, "error_type": "WorkerDied"})
+    def step_async(self, actions: Mapping[int, str]) -> None:
+        """Start stepping the envs named in ``actions`` (index -> raw model text) and return at once.
 
-        lost: dict[int, EnvStep] = {}
-        for i in actions:
+        Collect the results with :meth:`poll_steps` (whatever has finished) or :meth:`wait_steps`.
+        Each worker runs its requests in order; envs of different workers step at the same time.
+        Faults are reported as in :meth:`step`: a dead worker's episodes come back truncated with
+        ``info["error"]``. With the ``inprocess`` backend the steps run here, before this returns.
+
+        Raises:
+            IndexError: An index is out of range.
+            PoolStateError: An env has a reset or a step in flight (not collected yet), or is not in
+                an episode. Nothing is sent when any index is refused.
+        """
+        for i in actions:  # check every index before sending anything
             if not 0 <= i < self.num_envs:
                 raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
             if i in self._resetting:
-                raise RuntimeError(f"env {i} has a reset in flight; collect it with wait_resets()/poll_resets() first")
-            if i in self._lost:
-                lost[i] = died(self._lost.pop(i))
-            elif not self._active[i]:
-                raise RuntimeError(f"env {i} is not in an episode; reset it before stepping")
-        results = self._run("step", {i: (self._where[i][1], a) for i, a in actions.items() if i not in lost}, died)
-        results.update(lost)
-        for i, r in results.items():
-            if r.done:
-                self._active[i] = False
-        return results
+                raise PoolStateError(
+                    f"env {i} has a reset in flight; collect it with wait_resets()/poll_resets() first"
+                )
+            if i in self._stepping:
+                raise PoolStateError(
+                    f"env {i} already has a step in flight; collect it with poll_steps()/wait_steps() first"
+                )
+            if i not in self._lost and not self._active[i]:
+                raise PoolStateError(f"env {i} is not in an episode; reset it before stepping")
+        by_worker: dict[int, list[int]] = {}
+        for i in actions:
+            if i in self._lost:  # its worker died since the last step: the truncation is the result
+                ticket = _Ticket(-1, [i], _died_step, [_died_step(self._lost.pop(i))], True)
+                self._stepping[i] = ticket
+            else:
+                by_worker.setdefault(self._where[i][0], []).append(i)
+        for w, ii in by_worker.items():
+            ticket = _Ticket(w, ii, _died_step)
+            for i in ii:
+                self._stepping[i] = ticket
+            self._submit(ticket, "step", [(self._where[i][1], actions[i]) for i in ii])
+
+    def poll_steps(self, timeout: float = 0.0) -> dict[int, EnvStep]:
+        """Collect the steps that have finished, waiting up to ``timeout`` seconds for a first one.
+
+        Returns:
+            ``{index: EnvStep}`` for every collected step (possibly empty; empty at once when no
+            step is in flight).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            for w in {t.worker for t in self._stepping.values() if not t.done}:
+                while self._queues[w] and self._workers[w].ready(0.0):
+                    self._advance(w)
+            out = self._collect_steps([i for i, t in self._stepping.items() if t.done])
+            left = deadline - time.monotonic()
+            if out or not self._stepping or left <= 0:
+                return out
+            self._wait_any({t.worker for t in self._stepping.values() if not t.done}, left)
+
+    def poll(self, timeout: float = 0.0) -> tuple[dict[int, tuple[str, dict[str, Any]]], dict[int, EnvStep]]:
+        """Collect the resets and the steps that have finished, waiting up to ``timeout`` s for a first one.
+
+        One call for a driver that keeps both kinds in flight (a finished env starts its next episode
+        with :meth:`reset_async` while the others step with :meth:`step_async`).
+
+        Returns:
+            ``(resets, steps)``: ``{index: (obs, info)}`` and ``{index: EnvStep}`` (both possibly
+            empty; at once when nothing is in flight).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            tickets = [*self._resetting.values(), *self._stepping.values()]
+            for w in {t.worker for t in tickets if not t.done}:
+                while self._queues[w] and self._workers[w].ready(0.0):
+                    self._advance(w)
+            resets = self._collect_resets([i for i, t in self._resetting.items() if t.done])
+            steps = self._collect_steps([i for i, t in self._stepping.items() if t.done])
+            left = deadline - time.monotonic()
+            if resets or steps or not (self._resetting or self._stepping) or left <= 0:
+                return resets, steps
+            tickets = [*self._resetting.values(), *self._stepping.values()]
+            self._wait_any({t.worker for t in tickets if not t.done}, left)
+
+    def wait_steps(self, indices: Sequence[int] | None = None) -> dict[int, EnvStep]:
+        """Wait for the steps in flight at ``indices`` (default: all of them) and collect them.
+
+        Raises:
+            PoolStateError: An index has no step in flight.
+            RuntimeError: A worker itself failed to answer (not an env error, which truncates the
+                episode). The other steps are still waited for and collected first, and the failed
+                ones count as truncated, so the pool stays usable.
+        """
+        idx = self.pending_steps() if indices is None else list(indices)
+        for i in idx:
+            if i not in self._stepping:
+                raise PoolStateError(f"env {i} has no step in flight; start one with step_async()")
+        error: BaseException | None = None
+        for i in idx:
+            try:
+                self._wait(self._stepping[i])
+            except Exception as e:  # noqa: BLE001 - wait for the others first, so no request is left behind
+                error = error or e
+        out = self._collect_steps(idx)
+        if error is not None:
+            raise error
+        return out
 
     def get_attr(self, name: str, indices: Sequence[int] | None = None) -> list[Any]:
         """``getattr(env.unwrapped, name)`` for each env (e.g. ``"protocol"``)."""
@@ -596,6 +720,7 @@ class EnvPool:
             w.close()
         self._workers = []
         self._resetting.clear()
+        self._stepping.clear()
 
     def __enter__(self) -> EnvPool:
         return self
@@ -611,22 +736,6 @@ class EnvPool:
             pass
 
     # ------------------------------------------------------------------ internals
-    def _run(self, cmd: str, items: dict[int, tuple[Any, ...]], on_death: Callable[[str], Any]) -> dict[int, Any]:
-        """Send each worker its share of ``items``, then wait for those replies only."""
-        by_worker: dict[int, list[int]] = {}
-        for i in items:
-            by_worker.setdefault(self._where[i][0], []).append(i)
-        tickets = []
-        for w, ii in by_worker.items():
-            ticket = _Ticket(w, ii, on_death)
-            self._submit(ticket, cmd, [items[i] for i in ii])
-            tickets.append(ticket)
-        results: dict[int, Any] = {}
-        for ticket in tickets:
-            self._wait(ticket)
-            results.update(zip(ticket.indices, ticket.value))
-        return results
-
     def _submit(self, ticket: _Ticket, cmd: str, payload: Any) -> None:
         w = ticket.worker
         self._queues[w].append(ticket)
@@ -639,6 +748,8 @@ class EnvPool:
             for i in ticket.indices:
                 if self._resetting.get(i) is ticket:
                     del self._resetting[i]
+                if self._stepping.get(i) is ticket:
+                    del self._stepping[i]
             raise
 
     def _advance(self, w: int) -> None:
@@ -655,6 +766,16 @@ class EnvPool:
             raise
         self._queues[w].popleft()
         ticket.value, ticket.done = list(value), True
+
+    def _wait_any(self, workers: set[int], timeout: float) -> None:
+        """Block until one of ``workers`` has a reply ready (or its death to report), up to ``timeout`` s."""
+        if self.backend == "process":
+            _wait_connections([self._workers[w].conn for w in workers], timeout)
+        elif self.backend == "ray":
+            refs = [self._workers[w]._refs[0] for w in workers if self._workers[w]._refs]
+            if refs:
+                self._workers[0].ray.wait(refs, num_returns=1, timeout=timeout)
+        # inprocess: every request is answered when it is sent
 
     def _wait(self, ticket: _Ticket) -> None:
         while not ticket.done:
@@ -676,12 +797,24 @@ class EnvPool:
             if i in self._resetting:  # a finished reset not collected yet: that episode is gone too
                 ticket = self._resetting[i]
                 ticket.value[ticket.indices.index(i)] = ("", {"error": why, "error_type": "WorkerDied"})
+            elif i in self._stepping and self._stepping[i].value[self._stepping[i].indices.index(i)].done:
+                continue  # a finished step not collected yet that ended its episode: nothing is lost
             elif self._active[i]:
                 # episodes on the dead worker that were not stepped now are lost too:
                 # their next step reports the truncation
                 self._active[i] = False
                 self._lost[i] = why
                 logger.warning("env %d lost its episode: %s", i, why)
+
+    def _collect_steps(self, idx: Sequence[int]) -> dict[int, EnvStep]:
+        out = {}
+        for i in idx:
+            ticket = self._stepping.pop(i)
+            result = ticket.value[ticket.indices.index(i)]
+            if result.done:
+                self._active[i] = False
+            out[i] = result
+        return out
 
     def _collect_resets(self, idx: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
         out = {}
@@ -702,7 +835,7 @@ class EnvPool:
         resetting_set = set(resetting)
         for w, worker in enumerate(self._workers):
             slots = [i for i, (ww, _) in enumerate(self._where) if ww == w]
-            if self._queues[w] or any(i in self._resetting for i in slots):
+            if self._queues[w] or any(i in self._resetting or i in self._stepping for i in slots):
                 continue  # requests in flight, or a started episode not collected yet
             if any(self._active[i] and i not in resetting_set for i in slots):
                 continue  # never cut an episode that is still running
