@@ -17,6 +17,8 @@ from stepgym.trainers.sft import collect_demonstrations, sft_loss, sft_train
 ENV = "stepgym/Sandbox-One-v0"
 KW = {"num_tasks": 2, "max_steps": 14}
 TASKS = [f"{s}-train-{k}" for s in SUBSETS for k in range(2)]
+SFT_EPOCHS, RL_LR, RL_STEPS = 60, 5e-4, 12
+"""Learning test budget (calibrated on 2 cores: see the test's docstring)."""
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,8 @@ def test_sft_train_fits_demonstrations(tmp_path, tok):
     assert losses[0] > 5.0 and losses[-1] < 0.1 * losses[0]
     with pytest.raises(ValueError, match="must both be >= 1"):
         sft_train(model, demos, epochs=0)
+    with pytest.raises(ValueError, match="schedule='linear' is not known"):
+        sft_train(model, demos, schedule="linear")
 
 
 def _batch(success: bool) -> CreditBatch:
@@ -150,6 +154,7 @@ def test_grpo_learns_the_decisive_choice_from_a_noisy_warm_start(tmp_path, tok):
     config = TrainConfig(
         model="unused", env_id=ENV, env_kwargs=kw, group_size=16, tasks_per_step=3, layout="concat", max_turns=10,
         credit=probed("grpo"), optim={"lr": RL_LR}, mini_batches=2, invalid_action_penalty=0.1,
+        loss={"aggregation": "seq-mean-token-mean"},
         recompute_old_logprobs=False, micro_batch_size=16, total_steps=RL_STEPS, checkpoint_every=0, seed=0,
         output_dir=str(tmp_path / "run"), pad_token_id=tok.pad_token_id, eval={"every": 0},
     )  # fmt: skip
