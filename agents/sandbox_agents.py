@@ -3,7 +3,7 @@
 * :class:`SandboxExpert` follows the env's expert walkthrough (``info["expert_plan"]``) and always
   wins, except in the null variant where the outcome is a coin.
 * :class:`NoisyExpert` is the expert that, with probability ``p`` per decisive step, *alters* it
-  (goes to another appliance and applies the wrong treatment: a wrong commitment, flagged decisive)
+  (applies a wrong treatment instead: a wrong commitment, flagged decisive)
   or *skips* it (never treats the object; no step of the episode is decisive then). It makes the
   mixed-success groups the credit diagnostic needs.
 * :class:`RandomAdmissibleAgent` picks uniformly among ``info["admissible_actions"]``.
@@ -70,14 +70,12 @@ class NoisyExpert(SandboxExpert):
             treatment, rest = cmd.split(" ", 1)
             obj = rest.split(" with ")[0]
             i = plan.index(cmd)
-            go = f"go to {APPLIANCE[treatment]}"
-            start = i - 1 if i > 0 and plan[i - 1] == go else i
             if how == "skip":
-                plan[start : i + 1] = []
+                del plan[i]
                 self.corrupted.append("skipped")
             else:
                 wrong = self.rng.choice(sorted(t for t in APPLIANCE if t != treatment))
-                plan[start : i + 1] = [f"go to {APPLIANCE[wrong]}", f"{wrong} {obj} with {APPLIANCE[wrong]}"]
+                plan[i] = f"{wrong} {obj} with {APPLIANCE[wrong]}"
                 self.corrupted.append("altered")
         self.plan = plan
         self._k = 0

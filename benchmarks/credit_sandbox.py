@@ -6,8 +6,9 @@ Usage:
 
 1. Warm start (once, cached in ``<out>/warm_start``): a random-init ~0.85M-parameter Qwen3 with the
    sandbox word-level tokenizer (``stepgym.agents.sandbox_model``), trained by cross-entropy
-   (``stepgym.trainers.sft``) on NoisyExpert(p=0.5, mixed) demonstrations of the ``One`` worlds,
-   so RL starts from mixed success.
+   (``stepgym.trainers.sft``, cosine lr) on NoisyExpert(p=0.5, alter) demonstrations of the ``One``
+   worlds: the demos navigate perfectly and apply the wrong treatment half the time, so RL starts
+   from mixed success whose only remedy is the decisive step (choosing the treatment the task names).
 2. RL: ``stepgym.trainers.runner.run_training`` with every method under the same budget (steps, tasks per
    step, group size, lr, seeds), each method wrapped by ``stepgym.trainers.credit_probe.probed``
    (and ``wrap_rollout=probe_rollout``) so the credit-causality AUC of its per-step credit is measured on every
@@ -22,12 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 VARIANT_ENV = {v: f"stepgym/Sandbox-{v}-v0" for v in ("One", "Two", "Delayed", "Null")}
 METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd"]
@@ -54,7 +58,7 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
     kw = {"num_tasks": args.num_tasks, "max_steps": args.max_turns}
     demos = collect_demonstrations(
         "stepgym/Sandbox-One-v0",
-        lambda k: NoisyExpert(args.demo_p, "mixed", seed=k),
+        lambda k: NoisyExpert(args.demo_p, "alter", seed=k),
         tok,
         tasks_of(args.num_tasks),
         env_kwargs=kw,
@@ -65,7 +69,14 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
     t0 = time.perf_counter()
     torch.manual_seed(0)
     losses = sft_train(
-        model, demos, epochs=args.sft_epochs, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id
+        model,
+        demos,
+        epochs=args.sft_epochs,
+        lr=3e-3,
+        batch_size=8,
+        seed=0,
+        pad_token_id=tok.pad_token_id,
+        schedule="cosine",
     )
     print(
         f"warm start: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
@@ -104,7 +115,14 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         sampling={"max_new_tokens": 24, "temperature": 1.0, "stop": ["</action>"]},
         credit=probed(method),
         optim={"lr": args.lr},
-        micro_batch_size=8,
+        mini_batches=args.mini_batches,
+        # each trajectory weighs the same: with token-mean, long failed episodes (invalid steps) outweigh
+        # the successful ones and GRPO did not learn here (measured: 0.5 -> 0.45 in 16 steps)
+        loss={"aggregation": args.aggregation},
+        invalid_action_penalty=args.invalid_penalty,
+        # generation log-probs are the trained model's own (fp32, same forward): no second pass needed
+        recompute_old_logprobs=False,
+        micro_batch_size=16,
         total_steps=args.steps,
         checkpoint_every=0,
         seed=seed,
@@ -117,6 +135,12 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     cached.write_text(json.dumps(hist))
     return hist
+
+
+def _run_timed(model_dir: Path, variant: str, method: str, seed: int, args: argparse.Namespace, out: Path):
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    return run_one(model_dir, variant, method, seed, args, out), time.perf_counter() - t
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -212,17 +236,21 @@ def report(results: dict, args: argparse.Namespace, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["One", "Null"], choices=list(VARIANT_ENV))
     ap.add_argument("--methods", nargs="+", default=METHODS)
-    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--tasks-per-step", type=int, default=6)
     ap.add_argument("--num-tasks", type=int, default=4, help="tasks per subset (3 subsets)")
-    ap.add_argument("--max-turns", type=int, default=14)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--sft-epochs", type=int, default=30)
+    ap.add_argument("--max-turns", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per RL step")
+    ap.add_argument("--invalid-penalty", type=float, default=0.1, help="score penalty per invalid step")
+    ap.add_argument("--aggregation", default="seq-mean-token-mean", help="policy-loss aggregation (LossConfig)")
+    ap.add_argument("--sft-epochs", type=int, default=60)
     ap.add_argument("--demo-p", type=float, default=0.5)
+    ap.add_argument("--jobs", type=int, default=2, help="RL runs at once (one torch thread each)")
     ap.add_argument("--out", default="runs/credit_sandbox")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -230,15 +258,22 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model_dir = warm_start(out, args)
-    results: dict[str, dict[str, list]] = {}
-    for variant in args.variants:
-        for method in args.methods:
-            for seed in args.seeds:
-                t = time.perf_counter()
-                hist = run_one(model_dir, variant, method, seed, args, out)
-                results.setdefault(variant, {}).setdefault(method, []).append(hist)
-                s = [round(h["rollout/success"], 2) for h in hist]
-                print(f"{variant} {method} seed {seed}: {time.perf_counter() - t:.0f} s, success {s}", flush=True)
+    runs = [(v, m, s) for v in args.variants for m in args.methods for s in args.seeds]
+    results: dict[str, dict[str, list]] = {v: {m: [] for m in args.methods} for v in args.variants}
+    # independent runs, ``--jobs`` at a time (one torch thread each): spawned so no torch state is forked
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
+        futs = {ex.submit(_run_timed, model_dir, v, m, s, args, out): (v, m, s) for v, m, s in runs}
+        bar = tqdm(total=len(runs), desc="RL runs", unit="run")
+        for fut in as_completed(futs):
+            v, m, s = futs[fut]
+            hist, wall = fut.result()
+            bar.update()
+            succ = [round(h["rollout/success"], 2) for h in hist]
+            bar.write(f"{v} {m} seed {s}: {wall:.0f} s, success {succ}")
+        bar.close()
+    for v, m, s in runs:  # in a fixed order, from the cached histories
+        results[v][m].append(_run_timed(model_dir, v, m, s, args, out)[0])
     table = report(results, args, out)
     header = (
         f"steps={args.steps}, seeds={args.seeds}, group_size={args.group_size}, tasks_per_step="

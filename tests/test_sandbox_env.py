@@ -33,14 +33,14 @@ def play(env, commands, seed=None, task_id=None):
 
 
 def alter(plan, cmd, wrong):
-    """Replace 'go to <appliance>; <treat> X with <appliance>' by the wrong treatment."""
+    """Replace '<treat> X with <appliance>' by the wrong treatment (the appliances are within reach)."""
     from stepgym.envs.sandbox.world import APPLIANCE
 
     treatment, rest = cmd.split(" ", 1)
     obj = rest.split(" with ")[0]
     i = plan.index(cmd)
-    assert plan[i - 1] == f"go to {APPLIANCE[treatment]}"
-    return plan[: i - 1] + [f"go to {APPLIANCE[wrong]}", f"{wrong} {obj} with {APPLIANCE[wrong]}"] + plan[i + 1 :]
+    assert not plan[i - 1].startswith("go to ")  # the treatment is applied where the object was taken
+    return plan[:i] + [f"{wrong} {obj} with {APPLIANCE[wrong]}"] + plan[i + 1 :]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -281,3 +281,20 @@ def test_runs_in_the_env_pool():
                 done[i] = st.info["won"]
     pool.close()
     assert done == {0: True, 1: True, 2: True}
+
+
+def test_every_treatment_is_within_reach_so_the_commitment_step_is_the_choice():
+    env = make("One")
+    _, info = env.reset(seed=3)
+    plan = info["expert_plan"]
+    k = next(i for i, c in enumerate(plan) if c.startswith("take "))
+    obj = " ".join(plan[k].split()[1:3])
+    _, steps = play(env, plan[: k + 1], seed=3)
+    adm = steps[-1][5]["admissible_actions"]
+    # holding the untreated goal object: all three treatments are admissible where the agent stands
+    assert {f"heat {obj} with microwave 1", f"cool {obj} with fridge 1", f"clean {obj} with sinkbasin 1"} <= set(adm)
+    obs, *_ = env.step(f"<action>cool {obj} with fridge 1</action>")
+    assert obs == f"You cool the {obj} using the fridge 1."
+    assert not any(
+        c.split()[0] in ("heat", "cool", "clean") for c in env.step("<action>look</action>")[4]["admissible_actions"]
+    )

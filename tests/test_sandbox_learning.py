@@ -17,6 +17,8 @@ from stepgym.trainers.sft import collect_demonstrations, sft_loss, sft_train
 ENV = "stepgym/Sandbox-One-v0"
 KW = {"num_tasks": 2, "max_steps": 14}
 TASKS = [f"{s}-train-{k}" for s in SUBSETS for k in range(2)]
+SFT_EPOCHS, RL_LR, RL_STEPS = 60, 5e-4, 12
+"""Learning test budget (calibrated on 2 cores: see the test's docstring)."""
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,8 @@ def test_sft_train_fits_demonstrations(tmp_path, tok):
     assert losses[0] > 5.0 and losses[-1] < 0.1 * losses[0]
     with pytest.raises(ValueError, match="must both be >= 1"):
         sft_train(model, demos, epochs=0)
+    with pytest.raises(ValueError, match="schedule='linear' is not known"):
+        sft_train(model, demos, schedule="linear")
 
 
 def _batch(success: bool) -> CreditBatch:
@@ -122,39 +126,44 @@ class _Traj:
         self.steps = [type("S", (), {"info": {"decisive": f}})() for f in flags]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet reliable: measured on 2 shared cores, GRPO at lr 5e-4 went from 0.30 (first 3 steps) to 0.45 "
-    "(last 3 steps) in one run, lr 1e-3 / 2e-3 collapsed to 0, lr 3e-4 did not move in 8 steps (issue 9 report)",
-)
-def test_grpo_learns_the_sandbox_from_a_noisy_warm_start(tmp_path, tok):
-    """Warm start on NoisyExpert demos (mixed success), then GRPO: rollout success rises well above the start."""
+def test_grpo_learns_the_decisive_choice_from_a_noisy_warm_start(tmp_path, tok):
+    """Warm start on NoisyExpert demos (the treatment is wrong half the time), then GRPO: success rises.
+
+    The demos navigate perfectly; only the decisive treatment is noisy, so the warm start wins about
+    as often as it guesses the treatment. RL can only improve on it by learning which treatment the
+    task names -- credit for exactly the decisive step.
+    """
     from stepgym.envs.pool import EnvPool
     from stepgym.trainers.config import TrainConfig
     from stepgym.trainers.credit_probe import probe_rollout, probed, sandbox_rollout
     from stepgym.trainers.grpo import train
 
     torch.set_num_threads(1)
-    kw = {"num_tasks": 1, "max_steps": 14}
+    kw = {"num_tasks": 1, "max_steps": 10}
     tasks = [f"{s}-train-0" for s in SUBSETS]
     model, _ = load_model(str(build_sandbox_model(tmp_path / "m", seed=0)))
     demos = collect_demonstrations(
         ENV, lambda k: NoisyExpert(0.5, "alter", seed=k), tok, tasks, env_kwargs=kw, group_size=8, layout="concat"
     )
     torch.manual_seed(0)
-    sft_train(model, demos, epochs=45, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id)
-    pool = EnvPool(ENV, num_envs=24, env_kwargs=kw)
+    sft_train(
+        model, demos, epochs=SFT_EPOCHS, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id,
+        schedule="cosine",
+    )  # fmt: skip
+    pool = EnvPool(ENV, num_envs=48, env_kwargs=kw)
     config = TrainConfig(
-        model="unused", env_id=ENV, env_kwargs=kw, group_size=8, tasks_per_step=3, layout="concat", max_turns=14,
-        credit=probed("grpo"), optim={"lr": 5e-4}, total_steps=12, checkpoint_every=0, seed=0,
+        model="unused", env_id=ENV, env_kwargs=kw, group_size=16, tasks_per_step=3, layout="concat", max_turns=10,
+        credit=probed("grpo"), optim={"lr": RL_LR}, mini_batches=2, invalid_action_penalty=0.1,
+        loss={"aggregation": "seq-mean-token-mean"},
+        recompute_old_logprobs=False, micro_batch_size=16, total_steps=RL_STEPS, checkpoint_every=0, seed=0,
         output_dir=str(tmp_path / "run"), pad_token_id=tok.pad_token_id, eval={"every": 0},
     )  # fmt: skip
-    hist = train(config, model=model, task_ids=tasks, rollout=probe_rollout(sandbox_rollout(pool, tok, group_size=8)))
+    rollout = probe_rollout(sandbox_rollout(pool, tok, group_size=16, max_turns=10))
+    hist = train(config, model=model, task_ids=tasks, rollout=rollout)
     pool.close()
     succ = [h["rollout/success"] for h in hist]
     # GRPO's |A| is constant within a trajectory: every AUC with a pair is exactly 0.5
     assert all(h["credit/auc_adv_failed"] == 0.5 for h in hist if h["credit/auc_pairs_failed"] > 0)
-    start, end = sum(succ[:3]) / 3, sum(succ[-3:]) / 3  # 72 episodes each
-    assert 0.0 < start < 0.8, f"the warm start should have mixed success, got {start:.2f}"
-    assert end >= start + 0.15, f"GRPO did not learn: rollout success {start:.2f} -> {end:.2f} ({succ})"
+    start, end = sum(succ[:3]) / 3, sum(succ[-3:]) / 3  # 144 episodes each
+    assert 0.1 < start < 0.7, f"the warm start should have mixed success, got {start:.2f} ({succ})"
+    assert end >= start + 0.2, f"GRPO did not learn: rollout success {start:.2f} -> {end:.2f} ({succ})"

@@ -11,6 +11,7 @@ only) -- standard behaviour cloning / SFT.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ def sft_train(
     seed: int = 0,
     pad_token_id: int = 0,
     max_grad_norm: float = 1.0,
+    schedule: str = "constant",
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Behaviour cloning on ``trajectories``' token rows with AdamW; returns the loss of every optimizer step.
@@ -63,6 +65,8 @@ def sft_train(
         seed: Seeds the row order.
         pad_token_id: Id written into padding.
         max_grad_norm: Gradient-norm clip.
+        schedule: ``"constant"`` lr, or ``"cosine"``: ``lr * (1 + cos(pi * k / K)) / 2`` at optimizer
+            step ``k`` of ``K`` (decays to 0 by the last step; a low final lr sharpens the fit).
         on_step: Called with ``(optimizer_step, loss)`` after each step (progress bars).
 
     Raises:
@@ -70,10 +74,13 @@ def sft_train(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule={schedule!r} is not known; use 'constant' or 'cosine'")
     batch = collate(trajectories, pad_token_id=pad_token_id)
     ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask  # [B, L] each
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    total = epochs * math.ceil(batch.num_rows / batch_size)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     model.train()
@@ -91,6 +98,9 @@ def sft_train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * len(losses) / total))
             opt.step()
             losses.append(loss.item())
             if on_step is not None:

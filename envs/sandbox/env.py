@@ -47,8 +47,6 @@ from stepgym.envs.sandbox.world import (
 
 __all__ = ["SandboxDelayedEnv", "SandboxEnv", "SandboxNullEnv", "SandboxOneEnv", "SandboxTwoEnv"]
 
-_TREATMENT_OF_APPLIANCE = {a: t for t, a in APPLIANCE.items()}
-
 
 def _listing(items: Sequence[str]) -> str:
     """ALFWorld's enumeration: "a x 1", "a x 1, and a y 1", "a x 1, a y 1, and a z 1"."""
@@ -170,11 +168,7 @@ class SandboxEnv(TextEnv):
     def _admissible(self) -> list[str]:
         loc, held = self._loc, self._holding
         cmds = [f"go to {r}" for r in self._world.receptacles if r != loc]
-        if loc in APPLIANCE.values():
-            if held is not None and held not in self._treated:
-                t = _TREATMENT_OF_APPLIANCE[loc]
-                cmds.append(f"{t} {held} with {loc}")
-        elif loc is not None:
+        if loc is not None and loc not in APPLIANCE.values():
             closed = loc in OPENABLE and loc not in self._opened
             if loc in OPENABLE:
                 cmds.append(f"open {loc}" if closed else f"close {loc}")
@@ -183,6 +177,8 @@ class SandboxEnv(TextEnv):
                     cmds += [f"take {o} from {loc}" for o in self._contents[loc]]
                 else:
                     cmds.append(f"put {held} in/on {loc}")
+        if held is not None and held not in self._treated:  # the appliances are within reach
+            cmds += [f"{t} {held} with {a}" for t, a in APPLIANCE.items()]
         return cmds + ["inventory", "look"]
 
     def _room_text(self) -> str:
@@ -232,7 +228,7 @@ class SandboxEnv(TextEnv):
                 info.update(decisive=True, nominal_decisive=True, commitment="right" if right else "wrong")
                 if not right and not self.null:
                     self._doomed = True
-            return f"You {verb} the {obj} using the {self._loc}.", False
+            return f"You {verb} the {obj} using the {' '.join(words[-2:])}.", False
         if verb == "inventory":
             held = self._holding
             return (f"You are carrying: a {held}." if held else "You are not carrying anything."), False

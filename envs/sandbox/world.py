@@ -12,7 +12,12 @@ simplifications, each there to make the decisive steps exact:
   treated again (the command becomes inadmissible, "Nothing happens."). The observation of a
   treatment never says whether it was the right one.
 * Putting the goal object(s) where the task says ends the episode; only then is success revealed.
-* The appliances are not containers (nothing is put in or taken from them).
+* The appliances are not containers (nothing is put in or taken from them), and they are within
+  reach: while holding an untreated object the agent may apply any of the three treatments from
+  wherever it stands. In ALFWorld the choice of appliance is made one step before the treatment
+  (``go to microwave 1``), where the treatment that follows is forced; here the commitment step is
+  itself the choice, so the step that decides the outcome is exactly the step flagged decisive.
+  (``go to microwave 1`` stays a valid, neutral command.)
 * The pick and look task types of ALFWorld are not subsets: their only decision (the final put /
   turning on the lamp) shows its result at once, so they have no hidden decisive step. The
   subsets are the treatment types ``clean``, ``heat`` and ``cool``; the ``two`` structure is the
@@ -142,7 +147,6 @@ def expert_plan(world: World) -> list[str]:
         go(src)
         cmds.append(f"take {obj} from {src}")
         if treatment is not None:
-            go(APPLIANCE[treatment])
             cmds.append(f"{treatment} {obj} with {APPLIANCE[treatment]}")
         go(target)
         cmds.append(f"put {obj} in/on {target}")
