@@ -167,3 +167,18 @@ def test_grpo_learns_the_decisive_choice_from_a_noisy_warm_start(tmp_path, tok):
     start, end = sum(succ[:3]) / 3, sum(succ[-3:]) / 3  # 144 episodes each
     assert 0.1 < start < 0.7, f"the warm start should have mixed success, got {start:.2f} ({succ})"
     assert end >= start + 0.2, f"GRPO did not learn: rollout success {start:.2f} -> {end:.2f} ({succ})"
+
+
+def test_right_commitment_rate_reads_the_first_commitment():
+    from stepgym.trainers.credit_probe import right_commitment_rate
+
+    def traj(*commitments):
+        t = _Traj([False] * len(commitments))
+        for s, c in zip(t.steps, commitments):
+            s.info = {"decisive": c is not None, "commitment": c}
+        return t
+
+    # first commitments: right, wrong (a later right does not count), none -> 1 of 3
+    trajs = [traj(None, "right", None), traj("wrong", None, "right"), traj(None, None)]
+    assert right_commitment_rate(trajs) == pytest.approx(1 / 3)
+    assert math.isnan(right_commitment_rate([]))

@@ -39,15 +39,33 @@ __all__ = [
     "hindsight_teacher",
     "probe_rollout",
     "probed",
+    "right_commitment_rate",
     "sandbox_rollout",
 ]
 
-_ANNOUNCED: dict[str, Any] = {"flags": None}
+_ANNOUNCED: dict[str, Any] = {"flags": None, "right_commitment": math.nan}
+
+
+def right_commitment_rate(trajectories: Sequence[Trajectory]) -> float:
+    """Share of trajectories whose first commitment (``info["commitment"]``) was the right treatment.
+
+    Also defined in the null variant (where no step is decisive but commitments are still recorded),
+    so it shows whether a method moves the decisive *behaviour* when the outcome carries no signal.
+    NaN for an empty batch.
+    """
+    if not trajectories:
+        return math.nan
+    hits = 0
+    for t in trajectories:
+        first = next((s.info["commitment"] for s in t.steps if s.info.get("commitment")), None)
+        hits += first == "right"
+    return hits / len(trajectories)
 
 
 def announce(trajectories: Sequence[Trajectory] | None) -> None:
     """Tell the probed credit methods the per-step decisive flags of the next batch (``None`` clears)."""
     _ANNOUNCED["flags"] = None if trajectories is None else decisive_flags(trajectories)
+    _ANNOUNCED["right_commitment"] = math.nan if trajectories is None else right_commitment_rate(trajectories)
 
 
 def batch_auc(
@@ -108,6 +126,7 @@ def probed(name: str) -> str:
             metrics = {**out.metrics, **batch_auc(batch, out.advantages, flags)}
         else:
             metrics = {**out.metrics, "auc_adv_failed": math.nan, "auc_adv_successful": math.nan}
+        metrics["right_commitment"] = _ANNOUNCED["right_commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
     register_credit(new, needs_teacher=method.needs_teacher, needs_values=method.needs_values)(fn)
