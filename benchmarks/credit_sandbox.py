@@ -1,8 +1,8 @@
 """Credit sandbox learning comparison (issue 9): grpo vs stepopsd, sdar, gigpo, rlsd on a tiny model, on CPU.
 
 Usage:
-    python benchmarks/credit_sandbox.py [--steps 12] [--seeds 0 1 2] [--variants One Null]
-        [--methods grpo stepopsd sdar gigpo rlsd] [--out runs/credit_sandbox]
+    python benchmarks/credit_sandbox.py [--steps 20] [--seeds 0 1 2] [--variants One Null]
+        [--methods grpo stepopsd sdar gigpo rlsd] [--jobs 2] [--out runs/credit_sandbox]
 
 1. Warm start (once, cached in ``<out>/warm_start``): a random-init ~0.85M-parameter Qwen3 with the
    sandbox word-level tokenizer (``stepgym.agents.sandbox_model``), trained by cross-entropy
@@ -11,8 +11,9 @@ Usage:
    from mixed success whose only remedy is the decisive step (choosing the treatment the task names).
 2. RL: ``stepgym.trainers.runner.run_training`` with every method under the same budget (steps, tasks per
    step, group size, lr, seeds), each method wrapped by ``stepgym.trainers.credit_probe.probed``
-   (and ``wrap_rollout=probe_rollout``) so the credit-causality AUC of its per-step credit is measured on every
-   training batch.
+   (and ``wrap_rollout=probe_rollout``) so the credit-causality AUC of its per-step credit (and the
+   rate of right treatments) is measured on every training batch. Runs go ``--jobs`` at a time in
+   spawned processes. The teacher methods' hindsight is placed as a prefix (``--teacher-placement``).
 3. Report: success vs RL step (mean +- std over seeds), steps to reach GRPO's final success, the
    AUC early / late in training, and the null-variant check; a markdown table and PNG plots in
    ``<out>``. Runs already finished (``history.json``) are reused.
