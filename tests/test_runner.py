@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from stepgym.trainers.config import TrainConfig
 from stepgym.trainers.credit import CreditBatch, CreditOutput, register_credit
 from stepgym.trainers.runner import (
     build_model,
@@ -14,28 +13,13 @@ from stepgym.trainers.runner import (
     run_training,
     train_task_ids,
 )
+from trainer_helpers import small_run_config
 
 ALFWORLD_GAME = "valid_unseen/look_at_obj_in_light-AlarmClock-None-DeskLamp-308/trial_T20190908_222917_366542"
 
 
 def _config(tmp_path, **kw):
-    base = dict(
-        model="tiny",
-        device="cpu",
-        group_size=2,
-        tasks_per_step=2,
-        num_envs=4,
-        total_steps=2,
-        max_turns=2,
-        micro_batch_size=4,
-        checkpoint_every=1,
-        optim={"lr": 1e-2},
-        sampling={"max_new_tokens": 12},
-        eval={"every": 0},
-        output_dir=str(tmp_path / "run"),
-    )
-    base.update(kw)
-    return TrainConfig.model_validate(base)
+    return small_run_config(tmp_path / "run", **{"sampling": {"max_new_tokens": 12}, **kw})
 
 
 def _params(model):

@@ -2,38 +2,24 @@
 
 import pytest
 import torch
-from stepgym.trainers.config import TrainConfig
 from stepgym.trainers.metrics import JsonlSink
 from stepgym.trainers.runner import build_model, load_checkpoint_model, run_training
 from stepgym.trainers.value import get_value_head
+from trainer_helpers import small_run_config
 
 ENV = "thirdparty_env:thirdparty/GuessDigit-v0"
 
 
 def _config(out, **kw):
-    base = dict(
-        model="tiny",
-        device="cpu",
+    steppo = dict(
         env_id=ENV,
         env_kwargs={"max_turns": 2},
         credit="steppo",
         credit_kwargs={"gamma": 0.9},
         layout="per-step",
-        group_size=2,
-        tasks_per_step=2,
-        num_envs=4,
-        total_steps=2,
-        max_turns=2,
-        micro_batch_size=4,
-        checkpoint_every=1,
-        optim={"lr": 1e-2},
         loss={"value_coef": 1.0},
-        sampling={"max_new_tokens": 8},
-        eval={"every": 0},
-        output_dir=str(out),
     )
-    base.update(kw)
-    return TrainConfig.model_validate(base)
+    return small_run_config(out, **{**steppo, **kw})
 
 
 def _no_time(rows):

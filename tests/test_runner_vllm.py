@@ -15,33 +15,20 @@ import torch
 from stepgym.agents.vllm import vllm_available
 from stepgym.trainers.config import TrainConfig
 from stepgym.trainers.runner import build_model, load_checkpoint_model, rollout_state_dict, run_training
+from trainer_helpers import small_run_config
 
 HAS_VLLM = vllm_available()
 
 
 def _config(tmp_path, **kw):
-    base = dict(
-        model="tiny",
-        device="cpu",
+    vllm = dict(
         env_id="thirdparty_env:thirdparty/GuessDigit-v0",
         env_kwargs={"max_turns": 2},
         credit="steppo",  # its critic loss moves the shared backbone even when every reward is equal
         layout="per-step",
-        group_size=2,
-        tasks_per_step=2,
-        num_envs=4,
-        total_steps=2,
-        max_turns=2,
-        micro_batch_size=4,
-        checkpoint_every=1,
-        optim={"lr": 1e-2},
-        sampling={"max_new_tokens": 8},
-        eval={"every": 0},
         rollout={"backend": "vllm", "max_model_len": 512, "enforce_eager": True},
-        output_dir=str(tmp_path / "run"),
     )
-    base.update(kw)
-    return TrainConfig.model_validate(base)
+    return small_run_config(tmp_path / "run", **{**vllm, **kw})
 
 
 def test_unknown_rollout_backend_is_rejected(tmp_path):

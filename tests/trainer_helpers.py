@@ -1,7 +1,11 @@
 """Tiny models and hand-built rollouts for the trainer tests (built locally, never downloaded)."""
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from stepgym.envs.records import StepRecord, TokenSequence, Trajectory
+from stepgym.trainers.config import TrainConfig
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 VOCAB = 64
@@ -140,3 +144,24 @@ def trivial_rollout(group_size: int, gen_len: int = 3):
         return trajs
 
     return rollout
+
+
+def small_run_config(output_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """A 2-step ``run_training`` config of the tiny model on CPU (2 tasks x group 2), for the runner tests."""
+    base: dict[str, Any] = dict(
+        model="tiny",
+        device="cpu",
+        group_size=2,
+        tasks_per_step=2,
+        num_envs=4,
+        total_steps=2,
+        max_turns=2,
+        micro_batch_size=4,
+        checkpoint_every=1,
+        optim={"lr": 1e-2},
+        sampling={"max_new_tokens": 8},
+        eval={"every": 0},
+        output_dir=str(output_dir),
+    )
+    base.update(overrides)
+    return TrainConfig.model_validate(base)
