@@ -40,7 +40,7 @@ def fmt(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
 
 
-def diagnose(model, tok, variant: str, args: argparse.Namespace) -> tuple[list[str], dict]:
+def diagnose(model, tok, variant: str, args: argparse.Namespace) -> dict:
     from stepgym.agents.sandbox_agents import NoisyExpert
     from stepgym.distill.diagnostics import decisive_flags
     from stepgym.envs.sandbox import SUBSETS
@@ -90,7 +90,7 @@ def diagnose(model, tok, variant: str, args: argparse.Namespace) -> tuple[list[s
         row[method] = res
     delta = batch_auc(teacher_credit, torch.zeros_like(credit.mask), flags)
     row["delta"] = delta
-    return tasks, row
+    return row
 
 
 def main() -> None:
@@ -121,7 +121,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for variant in args.variants:
-        _, row = diagnose(model, tok, variant, args)
+        row = diagnose(model, tok, variant, args)
         for i, method in enumerate([*args.methods, "delta"]):
             r = row[method]
             key = "delta" if method == "delta" else "adv"
