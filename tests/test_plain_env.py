@@ -4,7 +4,11 @@ faults fail loudly. The envs live in ``tests/plain_env.py``."""
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -24,6 +28,7 @@ from stepgym.trainers.faults import EnvFaultError  # noqa: E402
 from stepgym.trainers.runner import eval_task_ids, run_training, train_task_ids  # noqa: E402
 from trainer_helpers import small_run_config  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 SP = SamplingParams(max_new_tokens=8, temperature=1.0, seed=0)
 
 
@@ -280,3 +285,39 @@ def test_env_faults_below_the_threshold_warn_and_are_left_out(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "2 of 4 episodes ended on a fault of env" in warnings[0]
     assert "left out of the update" in warnings[0] and "exploded on purpose" in warnings[0]
+
+
+# --------------------------------------------------------------------------- the CLI
+_CLI_CASES = [("grpo", "per-step"), ("stepopsd", "concat")]
+_CLI_SLOW = [(c, lay) for c in ("grpo", "gigpo", "stepopsd", "steppo") for lay in ("per-step", "concat")]
+
+
+@pytest.mark.parametrize(
+    ("credit", "layout"),
+    [*_CLI_CASES, *(pytest.param(*c, marks=pytest.mark.slow) for c in _CLI_SLOW if c not in _CLI_CASES)],
+)
+def test_cli_trains_a_plain_env_given_as_module_colon_id(tmp_path, credit, layout):
+    # run from the folder holding plain_env.py, as a user runs next to their env module: `python
+    # benchmarks/run.py` puts benchmarks/ on sys.path, not the current directory, and the module still imports
+    out = tmp_path / "out"
+    args = ["--env", f"plain_env:{PLAIN_ID}", "--method", credit, "--layout", layout, "--model", "tiny"]
+    args += ["--steps", "2", "--group_size", "2", "--tasks_per_step", "2", "--max_turns", "2"]
+    args += ["--sampling.max_new_tokens", "8", "--eval-tasks", "3", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["env_id"] == f"plain_env:{PLAIN_ID}" and res["method"] == credit and res["status"] == "complete"
+    assert res["training"]["0"]["final_step"] == 2 and res["config"]["layout"] == layout
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| subset")]
+    assert rows == [rows[0]] and rows[0].startswith(f"| {SEED_SUBSET} | ") and rows[0].endswith(" | 3 |")
+    lines = [json.loads(x) for x in (out / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(x["rollout/env_errors"] == 0.0 for x in lines)
