@@ -29,12 +29,14 @@ Limits and truncation (all recorded in ``Trajectory.info``, never silent):
   anything is rendered or masked (``info["action_cut_tokens"]`` on the step, ``finish_reason="length"``).
 * A policy error ends the affected episodes (``truncated_reason="policy_error"``, ``info["error"]``).
 
-Tasks and groups: a ``str`` task is reset with ``options={"task_id": task}``; an ``int`` task is a
-reset seed (the env picks the task from it: any plain Gymnasium env). All ``group_size`` members of a
-group are reset with the same seed and options, so a deterministic env gives G rollouts of one task;
-the policy's sampling makes them differ. The group's purity is checked, never assumed: its members
-must report the same ``info["task_id"]`` (or, without one, the same first observation), else
-:class:`GroupPurityError` names the env and the fix.
+Tasks and groups: a ``str`` task is reset with ``options={"task_id": task}`` (its members get
+distinct seeds, for randomness the env keeps within a task); an ``int`` task is a reset seed (the env
+picks the task from it: any plain Gymnasium env), and all ``group_size`` members of its group are
+reset with that same seed and no options, so a deterministic env gives G rollouts of one task; the
+policy's sampling makes them differ. The group's purity is checked, never assumed: its members must
+report the same ``info["task_id"]`` (or, without one, the same first observation), and a named task
+must come back as the ``info["task_id"]`` asked for; else :class:`GroupPurityError` names the env and
+the fix.
 
 Env faults are the env's, and are marked so the trainer leaves them out: an env that raised (the
 pool's truncated step or reset with ``info["error"]``; ``truncated_reason="env_error"``) or returned a
@@ -187,10 +189,13 @@ def _check_purity(
     first = seen.setdefault(ep.group_id, (ep, kind, ident))
     if first[0] is ep or (first[1], first[2]) == (kind, ident):
         return
-    how = f"options={{'task_id': {ep.task!r}}}" if isinstance(ep.task, str) else "no options"
+    if isinstance(ep.task, str):
+        how = f"options={{'task_id': {ep.task!r}}} (seeds {first[0].seed} and {ep.seed})"
+    else:
+        how = f"seed={ep.seed} and no options"
     raise GroupPurityError(
         f"env {env_id} is not deterministic in its reset: two members of group {ep.group_id!r} were both reset "
-        f"with seed={ep.seed} and {how} but got different tasks ({first[1]} {_shorten(first[2])} vs {kind} "
+        f"with {how} but got different tasks ({first[1]} {_shorten(first[2])} vs {kind} "
         f"{_shorten(ident)}), so GRPO would compare rollouts of different tasks. Make reset() choose the task "
         "only from its seed and options (draw from self.np_random after super().reset(seed=seed)), and report "
         "info['task_id'] if the first observation varies for the same task."
@@ -255,8 +260,8 @@ def collect(
         instructions: Text that starts the first prompt in place of the env's ``protocol``; ``None``
             = the env's ``protocol`` (``""`` when it has none).
         action_tags: Tags marking the action span.
-        seed: Reset seed of the ``str`` task number ``t`` is ``seed + t`` (the same for its whole
-            group); ``None`` leaves those resets unseeded. ``int`` tasks are their own seed.
+        seed: Reset seed of the first episode with a ``str`` task (episode ``e`` gets ``seed + e``);
+            ``None`` leaves those resets unseeded. ``int`` tasks are their own seed (the whole group's).
         group_prefix: Prepended to every ``group_id`` (``f"{prefix}{task_number}:{task}"``).
         check_drift: Re-render every trajectory and record retokenization drift in ``info``.
         progress: Called with the number of newly finished episodes (e.g. ``tqdm.update``).
@@ -286,10 +291,12 @@ def collect(
     env_id = pool.spec.id
     queue: deque[_Episode] = deque()
     for t, task in enumerate(tasks):
-        # one seed and one options dict per group: G resets of one task, not G tasks
-        group_seed = task if isinstance(task, int) else (None if seed is None else seed + t)
         for _ in range(group_size):
-            queue.append(_Episode(len(queue), task, f"{group_prefix}{t}:{task}", group_seed))
+            # a seed task: one seed for the whole group (G resets of one task, not G tasks); a named task is
+            # fixed by options, and its members keep distinct seeds for the env's own randomness within a task
+            key = len(queue)
+            ep_seed = task if isinstance(task, int) else (None if seed is None else seed + key)
+            queue.append(_Episode(key, task, f"{group_prefix}{t}:{task}", ep_seed))
     purity: dict[str, tuple[_Episode, str, str]] = {}  # group_id -> (first member, what identifies its task)
     episodes = list(queue)
     free = list(range(pool.num_envs))[::-1]
