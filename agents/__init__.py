@@ -3,7 +3,7 @@
 from stepgym.agents.models import build_tiny_model, load_model, load_tokenizer
 from stepgym.agents.policy import Completion, Policy, SamplingParams
 from stepgym.agents.render import ChatRenderer
-from stepgym.agents.rollout import collect, rollout_metrics
+from stepgym.agents.rollout import GroupPurityError, collect, env_faults, rollout_metrics
 from stepgym.agents.scripted import (
     ExpertPlanAgent,
     RandomAdmissibleAgent,
@@ -16,6 +16,7 @@ __all__ = [
     "ChatRenderer",
     "Completion",
     "ExpertPlanAgent",
+    "GroupPurityError",
     "Policy",
     "RandomAdmissibleAgent",
     "SamplingParams",
@@ -23,6 +24,7 @@ __all__ = [
     "TextAgentPolicy",
     "build_tiny_model",
     "collect",
+    "env_faults",
     "load_model",
     "load_tokenizer",
     "rollout_metrics",

@@ -24,8 +24,25 @@ Limits and truncation (all recorded in ``Trajectory.info``, never silent):
 * ``max_total_tokens``: concat: sequence length (a turn runs only if the context plus
   ``max_new_tokens`` fits); per-step: generated ids summed over steps. Exceeding ends the episode
   (``truncated_reason="max_total_tokens"``).
-* A policy error ends the affected episodes (``truncated_reason="policy_error"``, ``info["error"]``);
-  an env error (the pool's truncated step with ``info["error"]``) likewise (``"env_error"``).
+* ``max_action_tokens`` (default ``sampling.max_new_tokens``): a longer completion (a policy that
+  ignores ``max_new_tokens``, a scripted action) is cut to its first ``max_action_tokens`` ids before
+  anything is rendered or masked (``info["action_cut_tokens"]`` on the step, ``finish_reason="length"``).
+* A policy error ends the affected episodes (``truncated_reason="policy_error"``, ``info["error"]``).
+
+Tasks and groups: a ``str`` task is reset with ``options={"task_id": task}`` (its members get
+distinct seeds, for randomness the env keeps within a task); an ``int`` task is a reset seed (the env
+picks the task from it: any plain Gymnasium env), and all ``group_size`` members of its group are
+reset with that same seed and no options, so a deterministic env gives G rollouts of one task; the
+policy's sampling makes them differ. The group's purity is checked, never assumed: its members must
+report the same ``info["task_id"]`` (or, without one, the same first observation), and a named task
+must come back as the ``info["task_id"]`` asked for; else :class:`GroupPurityError` names the env and
+the fix.
+
+Env faults are the env's, and are marked so the trainer leaves them out: an env that raised (the
+pool's truncated step or reset with ``info["error"]``; ``truncated_reason="env_error"``) or returned a
+NaN/inf reward (``"nonfinite_reward"``, the reward recorded as 0.0 and the raw value in the step's
+``info["nonfinite_reward"]``). ``info["error"]`` says what, ``info["error_traceback"]`` where;
+:func:`env_faults` lists them.
 
 Outcome: the last step's ``info["score"]`` when present, else ``info["won"]`` as 0/1, else the last
 reward. Success: ``info["won"]`` / ``info["success"]`` when present, else ``outcome > 0``.
@@ -47,10 +64,21 @@ from typing import Any, Literal
 
 from stepgym.agents.policy import Completion, Policy, SamplingParams
 from stepgym.agents.render import ChatRenderer, action_token_mask, concat_drift, per_step_drift
+from stepgym.envs.capabilities import SEED_SUBSET, Task
 from stepgym.envs.pool import EnvPool
 from stepgym.envs.records import StepRecord, TokenSequence, Trajectory
 
-__all__ = ["DEFAULT_ACTION_TAGS", "DEFAULT_STOP", "Layout", "collect", "jsonable", "rollout_metrics"]
+__all__ = [
+    "DEFAULT_ACTION_TAGS",
+    "DEFAULT_STOP",
+    "ENV_FAULTS",
+    "GroupPurityError",
+    "Layout",
+    "collect",
+    "env_faults",
+    "jsonable",
+    "rollout_metrics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +87,12 @@ DEFAULT_ACTION_TAGS: tuple[str, ...] = ("action", "search", "answer")
 """Tags whose span is the action (``action_mask``)."""
 DEFAULT_STOP: tuple[str, ...] = ("</action>", "</search>", "</answer>")
 """Stop strings that end a turn."""
+ENV_FAULTS: tuple[str, ...] = ("env_error", "nonfinite_reward")
+"""``truncated_reason`` values that mean the env failed (not the policy): never trained on."""
+
+
+class GroupPurityError(RuntimeError):
+    """The members of a group were reset to different tasks: the env's reset is not deterministic."""
 
 
 def jsonable(value: Any) -> Any:
@@ -95,7 +129,7 @@ _DROP = object()
 @dataclass
 class _Episode:
     key: int
-    task: str | int
+    task: Task
     group_id: str
     seed: int | None
     slot: int = -1
@@ -121,6 +155,7 @@ class _Episode:
     truncated: bool = False
     reason: str | None = None
     error: str | None = None
+    error_traceback: str | None = None
     t_gen: float = 0.0
     t_env: float = 0.0
     # the turn in flight
@@ -134,6 +169,37 @@ class _Episode:
         self.logprobs.extend(gen.logprobs if gen else [0.0] * n)
         self.step_index.extend([step if gen else -1] * n)
         self.action_mask.extend(amask if gen else [0] * n)
+
+
+def _shorten(text: str, n: int = 120) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _check_purity(
+    seen: dict[str, tuple[_Episode, str, str]], ep: _Episode, obs: str, info: dict[str, Any], env_id: str
+) -> None:
+    """Raise :class:`GroupPurityError` when ``ep`` was reset to another task than its group's first member."""
+    if isinstance(ep.task, str) and "task_id" in info and str(info["task_id"]) != ep.task:
+        raise GroupPurityError(
+            f"env {env_id} was asked for task {ep.task!r} (reset options={{'task_id': {ep.task!r}}}) but reports "
+            f"info['task_id']={info['task_id']!r}: its reset ignores options['task_id']. Honour the option in "
+            "reset(), or remove the env's task_ids attribute so tasks are reset seeds."
+        )
+    kind, ident = ("info['task_id']", str(info["task_id"])) if "task_id" in info else ("first observation", obs)
+    first = seen.setdefault(ep.group_id, (ep, kind, ident))
+    if first[0] is ep or (first[1], first[2]) == (kind, ident):
+        return
+    if isinstance(ep.task, str):
+        how = f"options={{'task_id': {ep.task!r}}} (seeds {first[0].seed} and {ep.seed})"
+    else:
+        how = f"seed={ep.seed} and no options"
+    raise GroupPurityError(
+        f"env {env_id} is not deterministic in its reset: two members of group {ep.group_id!r} were both reset "
+        f"with {how} but got different tasks ({first[1]} {_shorten(first[2])} vs {kind} "
+        f"{_shorten(ident)}), so GRPO would compare rollouts of different tasks. Make reset() choose the task "
+        "only from its seed and options (draw from self.np_random after super().reset(seed=seed)), and report "
+        "info['task_id'] if the first observation varies for the same task."
+    )
 
 
 def _outcome(ep: _Episode) -> tuple[float, bool]:
@@ -156,7 +222,7 @@ def _outcome(ep: _Episode) -> tuple[float, bool]:
 def collect(
     pool: EnvPool,
     policy: Policy,
-    tasks: Sequence[str | int],
+    tasks: Sequence[Task],
     *,
     group_size: int = 1,
     layout: Layout = "concat",
@@ -165,6 +231,8 @@ def collect(
     max_turns: int = 10,
     max_prompt_tokens: int | None = None,
     max_total_tokens: int | None = None,
+    max_action_tokens: int | None = None,
+    instructions: str | None = None,
     action_tags: Sequence[str] = DEFAULT_ACTION_TAGS,
     seed: int | None = None,
     group_prefix: str = "",
@@ -174,12 +242,12 @@ def collect(
     """Roll out ``group_size`` episodes of each task and return them as trajectories.
 
     Args:
-        pool: The envs (any Gymnasium text env; its ``protocol`` attribute starts the first prompt).
+        pool: The envs (any Gymnasium text env; its optional ``protocol`` attribute starts the first prompt).
         policy: Any :class:`Policy`; one with an ``observe(rows)`` method (e.g.
             :class:`~stepgym.agents.scripted.TextAgentPolicy`) also gets ``(episode key, observation,
             info, is_first)`` rows before each ``generate``.
         tasks: Task ids (``str``: reset with ``options={"task_id": t}``) or seeds (``int``: the env
-            picks the task from the seed).
+            picks the task from the seed); every member of a task's group gets the same seed and options.
         group_size: Episodes per task (``G``); they share ``group_id``.
         layout: ``"concat"`` or ``"per-step"`` (see the module docstring).
         renderer: Chat renderer of the policy's tokenizer.
@@ -187,15 +255,22 @@ def collect(
         max_turns: Agent steps per episode.
         max_prompt_tokens: Prompt cap (truncation rule in the module docstring).
         max_total_tokens: Token cap per trajectory (see the module docstring).
+        max_action_tokens: Completions are cut to this many ids before rendering; ``None`` =
+            ``sampling.max_new_tokens``.
+        instructions: Text that starts the first prompt in place of the env's ``protocol``; ``None``
+            = the env's ``protocol`` (``""`` when it has none).
         action_tags: Tags marking the action span.
         seed: Reset seed of the first episode with a ``str`` task (episode ``e`` gets ``seed + e``);
-            ``None`` leaves those resets unseeded. ``int`` tasks are their own seed.
+            ``None`` leaves those resets unseeded. ``int`` tasks are their own seed (the whole group's).
         group_prefix: Prepended to every ``group_id`` (``f"{prefix}{task_number}:{task}"``).
         check_drift: Re-render every trajectory and record retokenization drift in ``info``.
         progress: Called with the number of newly finished episodes (e.g. ``tqdm.update``).
 
     Returns:
         One trajectory per episode, ordered by task then group member.
+
+    Raises:
+        GroupPurityError: Two members of a group were reset to different tasks.
     """
     if layout not in ("concat", "per-step"):
         raise ValueError(f"unknown layout {layout!r}; use 'concat' or 'per-step'")
@@ -203,17 +278,26 @@ def collect(
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-    try:
-        protocol = str(pool.get_attr("protocol", [0])[0] or "")
-    except Exception:  # noqa: BLE001 - a plain gym env without a protocol attribute
-        protocol = ""
+    action_limit = sampling.max_new_tokens if max_action_tokens is None else max_action_tokens
+    if action_limit < 1:
+        raise ValueError(f"max_action_tokens must be >= 1, got {action_limit}")
+    if instructions is not None:
+        protocol = instructions
+    else:
+        try:
+            protocol = str(pool.get_attr("protocol", [0])[0] or "")
+        except Exception:  # noqa: BLE001 - protocol is optional: a plain Gymnasium env has none
+            protocol = ""
     env_id = pool.spec.id
     queue: deque[_Episode] = deque()
     for t, task in enumerate(tasks):
         for _ in range(group_size):
+            # a seed task: one seed for the whole group (G resets of one task, not G tasks); a named task is
+            # fixed by options, and its members keep distinct seeds for the env's own randomness within a task
             key = len(queue)
             ep_seed = task if isinstance(task, int) else (None if seed is None else seed + key)
             queue.append(_Episode(key, task, f"{group_prefix}{t}:{task}", ep_seed))
+    purity: dict[str, tuple[_Episode, str, str]] = {}  # group_id -> (first member, what identifies its task)
     episodes = list(queue)
     free = list(range(pool.num_envs))[::-1]
     running: dict[int, _Episode] = {}
@@ -248,11 +332,14 @@ def collect(
             dt = (time.perf_counter() - t0) / len(starting)
             for ep, (obs, info) in zip(starting, results):
                 ep.t_env += dt
-                ep.reset_info = jsonable(dict(info))
+                info = dict(info)
+                ep.error_traceback = info.pop("error_traceback", None)
+                ep.reset_info = jsonable(info)
                 if "error" in info:
                     ep.error = str(info["error"])
                     finish(ep, "env_error")
                     continue
+                _check_purity(purity, ep, obs, info, env_id)
                 ep.first_obs = ep.obs = obs
                 ep.info = dict(info)
                 running[ep.slot] = ep
@@ -309,12 +396,18 @@ def collect(
             completions = [Completion([], [], "", "error", f"{type(e).__name__}: {e}") for _ in batch]
         dt = (time.perf_counter() - t0) / len(batch)
         stepping: dict[int, tuple[_Episode, Completion]] = {}
+        cut: dict[int, int] = {}
         for ep, comp in zip(batch, completions):
             ep.t_gen += dt
             if comp.finish_reason == "error":
                 ep.error = f"policy: {comp.error}"
                 finish(ep, "policy_error")
                 continue
+            if len(comp.ids) > action_limit:  # before the env, the mask and any rendering see it
+                cut[ep.slot] = len(comp.ids) - action_limit
+                ids = list(comp.ids[:action_limit])
+                text = renderer.tokenizer.decode(ids, skip_special_tokens=False)
+                comp = Completion(ids, list(comp.logprobs[:action_limit]), text, "length")
             stepping[ep.slot] = (ep, comp)
         if not stepping:
             continue
@@ -328,7 +421,16 @@ def collect(
             k = len(ep.steps)
             amask = action_token_mask(renderer.tokenizer, comp.ids, action_tags)
             out_of_turns = k + 1 >= max_turns and not r.done
-            info = jsonable(dict(r.info))
+            raw_info = dict(r.info)
+            traceback_text = raw_info.pop("error_traceback", None)
+            info = jsonable(raw_info)
+            info = {**info, "finish_reason": comp.finish_reason, "num_tokens": len(comp.ids)}
+            if ep.slot in cut:
+                info["action_cut_tokens"] = cut[ep.slot]
+            reward = float(r.reward)
+            finite = math.isfinite(reward)
+            if not finite:  # never let NaN/inf into a record: the episode is marked as the env's fault below
+                info["nonfinite_reward"] = str(reward)
             ep.steps.append(
                 StepRecord(
                     index=k,
@@ -336,10 +438,10 @@ def collect(
                     action_text=comp.text,
                     action=r.info.get("action") if isinstance(r.info.get("action"), str) else None,
                     valid=bool(r.info.get("valid_action", True)),
-                    reward=float(r.reward),
+                    reward=reward if finite else 0.0,
                     terminated=r.terminated,
                     truncated=r.truncated or out_of_turns,
-                    info={**info, "finish_reason": comp.finish_reason, "num_tokens": len(comp.ids)},
+                    info=info,
                 )
             )
             ep.generated += len(comp.ids)
@@ -359,10 +461,16 @@ def collect(
                 )
                 ep.prompt_texts.append(ep.prompt_text)
             ep.history.append((comp.text, r.observation))
-            ep.obs, ep.info = r.observation, dict(r.info)
+            ep.obs, ep.info = r.observation, raw_info
             if "error" in r.info:
-                ep.error = str(r.info["error"])
+                ep.error, ep.error_traceback = str(r.info["error"]), traceback_text
                 finish(ep, "env_error")
+            elif not finite:
+                ep.error = (
+                    f"env {env_id} returned a non-finite reward ({reward}) at step {k} of task {ep.task!r}"
+                    f" (seed {ep.seed}); rewards must be finite floats"
+                )
+                finish(ep, "nonfinite_reward")
             elif r.terminated:
                 finish(ep)
             elif r.truncated:
@@ -388,6 +496,8 @@ def _to_trajectory(
         info["truncated_reason"] = ep.reason
     if ep.error is not None:
         info["error"] = ep.error
+    if ep.error_traceback is not None:
+        info["error_traceback"] = ep.error_traceback
     sequences: list[TokenSequence] = []
     if layout == "concat":
         if ep.completions:
@@ -424,7 +534,7 @@ def _to_trajectory(
             info["retokenization_drift"] = len(mism)
             info["retokenization_mismatches"] = mism
     task_id = str(ep.reset_info.get("task_id", ep.task))
-    subset = str(ep.reset_info.get("subset", ""))
+    subset = str(ep.reset_info.get("subset", SEED_SUBSET))
     truncated = ep.truncated or any(s.truncated for s in ep.steps[-1:])
     return Trajectory(
         env_id=env_id,
@@ -441,16 +551,29 @@ def _to_trajectory(
     )
 
 
+def env_faults(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    """The trajectories that ended on an env fault (see :data:`ENV_FAULTS`), in order."""
+    return [t for t in trajectories if t.info.get("truncated_reason") in ENV_FAULTS]
+
+
 def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
-    """Batch metrics under ``rollout/`` and ``time/``: success, lengths, drift, truncation, timing."""
+    """Batch metrics under ``rollout/`` and ``time/``: success, lengths, drift, truncation, env faults, timing.
+
+    The one implementation: the training loop logs these for every step. ``rollout/env_errors`` and
+    ``rollout/nonfinite_rewards`` count episodes (raised in the env / returned a NaN or inf reward).
+    """
     n = max(len(trajectories), 1)
     drift = [t.info.get("retokenization_drift") for t in trajectories]
     drift = [d for d in drift if isinstance(d, (int, float))]
+    reasons = [t.info.get("truncated_reason") for t in trajectories]
     return {
+        "rollout/trajectories": float(len(trajectories)),
         "rollout/success": sum(t.success for t in trajectories) / n,
         "rollout/outcome": sum(t.outcome for t in trajectories) / n,
-        "rollout/num_steps": sum(t.num_steps for t in trajectories) / n,
+        "rollout/steps_per_episode": sum(t.num_steps for t in trajectories) / n,
         "rollout/truncated": sum(t.truncated for t in trajectories) / n,
+        "rollout/env_errors": float(reasons.count("env_error")),
+        "rollout/nonfinite_rewards": float(reasons.count("nonfinite_reward")),
         "rollout/invalid_action_rate": sum(not s.valid for t in trajectories for s in t.steps)
         / max(sum(t.num_steps for t in trajectories), 1),
         "rollout/retokenization_drift": (sum(1 for d in drift if d) / len(drift)) if drift else 0.0,

@@ -115,13 +115,13 @@ def _file_sha(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-def data_fingerprint(env_id: str, env_kwargs: Mapping[str, Any], task_ids: Iterable[str]) -> dict[str, Any]:
+def data_fingerprint(env_id: str, env_kwargs: Mapping[str, Any], task_ids: Iterable[str | int]) -> dict[str, Any]:
     """Content hashes of the data behind a run: the task id list and the files those tasks read.
 
     Search-QA: every ``questions.jsonl`` and ``corpus.jsonl``; ALFWorld: the game file of each task;
     other envs: the task ids only (their tasks are generated from seeds).
     """
-    ids = sorted(task_ids)
+    ids = sorted(str(t) for t in task_ids)  # reset seeds of an env without task ids, too
     out: dict[str, Any] = {
         "tasks": len(ids),
         "task_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
@@ -220,12 +220,13 @@ def _pct(x: float) -> str:
 
 
 def results_table(agg: Mapping[str, Mapping[str, Any]], metric: str) -> str:
-    """Markdown table: one row per subset (``avg`` last), one ``metric % (mean ± std)`` and ``n`` column per split.
+    """Markdown table: a row per subset (``avg`` last when there are several), a ``metric %`` and ``n`` column a split.
 
     Values are percentages; ``n`` is episodes per seed (the average row: summed over subsets).
     """
     splits = list(agg)
-    subsets = list(dict.fromkeys(k for s in splits for k in agg[s] if k != AVG)) + [AVG]
+    subsets = list(dict.fromkeys(k for s in splits for k in agg[s] if k != AVG))
+    subsets += [AVG] if len(subsets) != 1 else []  # an env without subsets: its one row is the result
     seeds = max((r["seeds"] for s in splits for r in agg[s].values()), default=0)
     head = ["subset"]
     for s in splits:

@@ -307,25 +307,13 @@ def did_you_mean(kind: str, name: str, choices: Sequence[str], extra: str = "") 
 
 
 def resolve_env(name: str) -> str:
-    """An ``--env`` value -> a registered env id (aliases, ids, ``module:id``)."""
-    import gymnasium as gym
-    import stepgym.envs  # noqa: F401 -- registers the built-in ids
+    """An ``--env`` value -> the env id to run (aliases, ids, ``module:id``; ``stepgym.envs.resolve_env_id``)."""
+    from stepgym.envs import EnvIdError, resolve_env_id
 
-    if name in P.ENV_ALIASES:
-        return P.ENV_ALIASES[name]
-    if name.lower() in P.ENV_ALIASES:
-        return P.ENV_ALIASES[name.lower()]
-    if ":" in name:
-        module, env_id = name.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise CliError(f"--env {name!r}: could not import module {module!r} ({e})") from e
-        name = env_id
-    if name in gym.registry:
-        return name
-    known = list(P.ENV_ALIASES) + sorted(k for k in gym.registry if k.startswith("stepgym/"))
-    raise did_you_mean("env", name, known, extra=" (or any id in gym.registry; 'module:Env-v0' imports module)")
+    try:
+        return resolve_env_id(name, P.ENV_ALIASES)
+    except EnvIdError as e:
+        raise CliError(f"--env: {e}") from e
 
 
 def resolve_method(name: str) -> str:
@@ -547,12 +535,14 @@ def evaluate_split(
 
 def eval_plan(config: Any, preset: P.Preset, subsets: Sequence[str], n: int | None) -> dict[str, dict[str, list[str]]]:
     """``{split label: {subset: task ids}}``: the fixed evaluation sample (seed 0, same for every run)."""
+    from stepgym.envs import seed_tasks
     from stepgym.trainers.evaluate import sample_tasks, task_subsets
 
     base_kwargs = {**config.env_kwargs, **config.eval.env_kwargs}
     plan = {}
     for split in preset.eval_splits:
-        by = _in_env_order(config.env_id, task_subsets(config.env_id, {**base_kwargs, **split.env_kwargs}))
+        seeds = seed_tasks(config.seed_tasks, "eval")  # the tasks of an env without task ids (never trained on)
+        by = _in_env_order(config.env_id, task_subsets(config.env_id, {**base_kwargs, **split.env_kwargs}, seeds=seeds))
         chosen = resolve_subsets(subsets, list(by)) if subsets else None
         plan[split.label] = sample_tasks(by, n, seed=0, subsets=chosen)
     return plan
@@ -560,9 +550,9 @@ def eval_plan(config: Any, preset: P.Preset, subsets: Sequence[str], n: int | No
 
 def _in_env_order(env_id: str, by: dict[str, list[str]]) -> dict[str, list[str]]:
     """Subsets in the order the env module declares (its ``SUBSETS`` tuple, the papers' column order), if any."""
-    import gymnasium as gym
+    from stepgym.envs import env_spec
 
-    entry = gym.spec(env_id).entry_point
+    entry = env_spec(env_id).entry_point
     order: Sequence[str] = ()
     if isinstance(entry, str) and ":" in entry:
         try:

@@ -7,8 +7,17 @@ and their heavy backends load only on ``gym.make``). It never imports torch.
 from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
-from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking
+from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking, think_spans
+from stepgym.envs.capabilities import (
+    SEED_SUBSET,
+    Task,
+    env_instructions,
+    env_task_ids,
+    env_task_subset,
+    seed_tasks,
+)
 from stepgym.envs.data import DataNotFoundError, MalformedDataError, read_jsonl, resolve_data_dir
+from stepgym.envs.ids import EnvIdError, env_spec, resolve_env_id
 from stepgym.envs.pool import EnvHost, EnvPool, EnvStep, PoolStateError
 from stepgym.envs.records import JsonDict, StepRecord, TokenSequence, Trajectory
 from stepgym.envs.spaces import TextSpace
@@ -17,21 +26,31 @@ __all__ = [
     "BUILTIN_ENVS",
     "DataNotFoundError",
     "EnvHost",
+    "EnvIdError",
     "EnvPool",
     "EnvStep",
     "JsonDict",
     "MalformedDataError",
     "ParsedAction",
     "PoolStateError",
+    "SEED_SUBSET",
     "StepRecord",
     "TextEnv",
+    "Task",
     "TextSpace",
     "TokenSequence",
     "Trajectory",
+    "env_instructions",
+    "env_spec",
+    "env_task_ids",
+    "env_task_subset",
     "parse_tagged_action",
     "read_jsonl",
     "resolve_data_dir",
+    "resolve_env_id",
+    "seed_tasks",
     "strip_thinking",
+    "think_spans",
 ]
 
 BUILTIN_ENVS: dict[str, str] = {

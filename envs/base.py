@@ -21,14 +21,20 @@ from typing import Any, ClassVar
 import gymnasium as gym
 from stepgym.envs.spaces import TextSpace
 
-__all__ = ["ParsedAction", "TextEnv", "parse_tagged_action", "strip_thinking"]
+__all__ = ["ParsedAction", "TextEnv", "parse_tagged_action", "strip_thinking", "think_spans"]
 
+# The one definition of a reasoning block, shared by the envs' parsers and the renderers' action spans.
 _THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 
 
 def strip_thinking(text: str) -> str:
     """Remove ``<think>...</think>`` blocks (an unclosed one runs to the end of the text)."""
     return _THINK_RE.sub("", text)
+
+
+def think_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the ``<think>`` blocks that :func:`strip_thinking` removes."""
+    return [m.span() for m in _THINK_RE.finditer(text)]
 
 
 @dataclass(frozen=True)

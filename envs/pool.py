@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
+from stepgym.envs.ids import env_spec
 
 __all__ = ["EnvHost", "EnvPool", "EnvStep", "PoolBackend", "PoolStateError"]
 
@@ -79,7 +80,9 @@ class EnvStep:
 
 def _error_info(where: str, exc: BaseException) -> dict[str, Any]:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return {"error": f"{where}: {text}", "error_type": type(exc).__name__}
+    # the full traceback travels with the error: a run that stops on env faults shows where the env failed
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"error": f"{where}: {text}", "error_type": type(exc).__name__, "error_traceback": tb}
 
 
 def _died_step(why: str) -> EnvStep:
@@ -87,16 +90,6 @@ def _died_step(why: str) -> EnvStep:
     return EnvStep("", 0.0, False, True, {"error": why, "error_type": "WorkerDied"})
 
 
-def _spec_of(env_id: str | EnvSpec) -> EnvSpec:
-    """The spec of an id, accepting ``gym.make``'s ``"module:ns/Name-v0"`` form (imports ``module``)."""
-    if isinstance(env_id, EnvSpec):
-        return env_id
-    if ":" in env_id:
-        import importlib
-
-        module, _, env_id = env_id.partition(":")
-        importlib.import_module(module)
-    return gym.spec(env_id)
 
 
 def _rss_mb(pid: int | None = None) -> float:
@@ -442,7 +435,7 @@ class EnvPool:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if backend not in ("inprocess", "process", "ray"):
             raise ValueError(f"unknown backend {backend!r}; use 'inprocess', 'process' or 'ray'")
-        self.spec = _spec_of(env_id)
+        self.spec = env_spec(env_id)
         self.num_envs = num_envs
         self.backend: PoolBackend = backend
         self.max_worker_rss_mb = max_worker_rss_mb

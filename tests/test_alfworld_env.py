@@ -211,3 +211,29 @@ def test_walkthrough_wins_every_valid_unseen_game():
             lost.append(task)
     e.close()
     assert len(e.task_ids) == 134 and lost == []
+
+
+def test_corrupt_game_in_training_warns_below_and_stops_past_the_threshold(tmp_path, caplog):
+    # a data folder with one good and one corrupt game; each training step plays both (2 tasks, G = 2)
+    import json
+    import logging
+
+    pytest.importorskip("torch")
+    from stepgym.trainers.faults import EnvFaultError
+    from stepgym.trainers.runner import run_training
+    from trainer_helpers import small_run_config
+
+    bad_id = _fake_split(tmp_path, LOOK_TASK)
+    kw = dict(env_id=ENV_ID, env_kwargs={"data_dir": str(tmp_path), "max_steps": 1}, max_turns=1, total_steps=1)
+    with caplog.at_level(logging.WARNING, logger="stepgym.trainers.faults"):
+        result = run_training(small_run_config(tmp_path / "below", max_env_error_share=0.5, **kw))
+    (line,) = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert line["rollout/env_errors"] == 2.0 and line["rollout/trajectories"] == 4.0 and line["rollout/rows"] == 2.0
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "2 of 4 episodes ended on a fault of env stepgym/ALFWorld-v0" in warning and bad_id in warning
+
+    with pytest.raises(EnvFaultError) as info:
+        run_training(small_run_config(tmp_path / "past", **kw))
+    msg = str(info.value)
+    assert "training step 1: 2 of 4 episodes (50%) ended on a fault of env stepgym/ALFWorld-v0" in msg
+    assert f"{bad_id}/game.tw-pddl: cannot load this ALFWorld game file" in msg and "Traceback" in msg

@@ -111,10 +111,11 @@ def test_presets_build_valid_configs_for_every_env_family():
 
 # =========================================================================== validation
 def test_bad_inputs_say_did_you_mean_and_list_the_choices():
-    with pytest.raises(cli.CliError, match=r"unknown env 'serchqa'; did you mean 'searchqa'\? choose from: searchqa"):
+    with pytest.raises(cli.CliError, match=r"unknown env 'serchqa'; did you mean 'searchqa'\? use an alias \(searchqa"):
         cli.resolve_env("serchqa")
     assert cli.resolve_env("alfworld") == "stepgym/ALFWorld-v0"
-    assert cli.resolve_env("thirdparty_env:thirdparty/GuessDigit-v0") == "thirdparty/GuessDigit-v0"
+    # Gymnasium's module:EnvId form is kept, so every process (pool workers, --eval-only) imports the module
+    assert cli.resolve_env("thirdparty_env:thirdparty/GuessDigit-v0") == "thirdparty_env:thirdparty/GuessDigit-v0"
     with pytest.raises(cli.CliError, match=r"unknown method 'stepopsdd'; did you mean 'stepopsd'.*choose from: .*grpo"):
         cli.resolve_method("stepopsdd")
     with pytest.raises(cli.CliError, match=r"unknown model 'smolm2'; did you mean 'smollm2-135m'"):

@@ -190,7 +190,7 @@ class TrainConfig(_Config):
 
     # ----------------------------------------------------------------------------- environment
     env_id: str
-    """Registered Gymnasium id, e.g. ``stepgym/SearchQA-v0``."""
+    """Registered Gymnasium id, e.g. ``stepgym/SearchQA-v0``, or ``module:Env-v0`` (imports ``module`` first)."""
     env_kwargs: dict[str, JsonValue] = {}
     """Keyword arguments passed to ``gym.make`` for every env in the pool."""
     train_subsets: tuple[str, ...] = ()
@@ -201,6 +201,12 @@ class TrainConfig(_Config):
     """Env pool backend."""
     invalid_action_penalty: float = Field(0.0, ge=0.0)
     """Subtracted from a step's reward and the trajectory score per invalid action (ALFWorld 0.1, QA 0.01)."""
+    instructions: str | None = None
+    """Text that starts every first prompt (how to write actions); ``None`` = the env's ``protocol``, if it has one."""
+    seed_tasks: int = Field(1000, ge=1)
+    """Envs without ``task_ids``: a task is its reset seed; training uses seeds [0, n), evaluation [n, 2n)."""
+    max_env_error_share: float = Field(0.1, ge=0.0, le=1.0)
+    """Stop the run when more than this share of a step's episodes end on an env fault (exception, NaN/inf reward)."""
 
     # ----------------------------------------------------------------------------- rollout
     group_size: int = Field(8, ge=1)
@@ -215,6 +221,8 @@ class TrainConfig(_Config):
     """Most prompt tokens of one model call (longer prompts are cut from the left and recorded)."""
     max_total_tokens: int | None = Field(None, ge=1)
     """Token cap per trajectory (concat: sequence length; per-step: generated tokens); ``None`` = no cap."""
+    max_action_tokens: int | None = Field(None, ge=1)
+    """Completions longer than this are cut before rendering; ``None`` = ``sampling.max_new_tokens``."""
     sampling: SamplingConfig = SamplingConfig()
     """Rollout decoding."""
     rollout: RolloutEngineConfig = RolloutEngineConfig()

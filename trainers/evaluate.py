@@ -17,6 +17,7 @@ import gymnasium as gym
 from stepgym.agents.policy import Policy, SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import Layout, collect
+from stepgym.envs.capabilities import SEED_SUBSET, Task, env_task_ids, env_task_subset
 from stepgym.envs.pool import EnvPool, PoolBackend
 from stepgym.envs.records import Trajectory
 
@@ -48,30 +49,47 @@ class SubsetResult:
         return asdict(self)
 
 
-def task_subsets(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """Every task id of the env, grouped by subset (in the env's own task order)."""
+def task_subsets(
+    env_id: str, env_kwargs: Mapping[str, Any] | None = None, *, seeds: Sequence[int] | None = None
+) -> dict[str, list[Task]]:
+    """Every task of the env, grouped by subset (in the env's own task order).
+
+    An env without ``task_ids`` (any plain Gymnasium env) has one subset,
+    :data:`~stepgym.envs.capabilities.SEED_SUBSET`, whose tasks are the reset ``seeds``
+    (``stepgym.envs.seed_tasks(n, "train" | "eval")`` keeps training and evaluation apart).
+
+    Raises:
+        ValueError: The env has no task ids and no ``seeds`` were given.
+    """
     env = gym.make(env_id, disable_env_checker=True, **dict(env_kwargs or {}))
     try:
-        inner = env.unwrapped
-        out: dict[str, list[str]] = {}
-        for t in inner.task_ids:  # type: ignore[attr-defined]
-            out.setdefault(inner.task_subset(t), []).append(t)  # type: ignore[attr-defined]
+        ids = env_task_ids(env)
+        if ids is None:
+            if seeds is None:
+                raise ValueError(
+                    f"env {env_id} has no task_ids, so its tasks are reset seeds; pass seeds= "
+                    "(stepgym.envs.seed_tasks(n, 'train' or 'eval'))"
+                )
+            return {SEED_SUBSET: list(seeds)}
+        out: dict[str, list[Task]] = {}
+        for t in ids:
+            out.setdefault(env_task_subset(env, t), []).append(t)
         return out
     finally:
         env.close()
 
 
-def _stable_key(seed: int, task_id: str) -> str:
+def _stable_key(seed: int, task_id: Task) -> str:
     return hashlib.sha256(f"{seed}:{task_id}".encode()).hexdigest()
 
 
 def sample_tasks(
-    by_subset: Mapping[str, Sequence[str]],
+    by_subset: Mapping[str, Sequence[Task]],
     n_per_subset: int | None,
     *,
     seed: int = 0,
     subsets: Sequence[str] | None = None,
-) -> dict[str, list[str]]:
+) -> dict[str, list[Task]]:
     """A fixed sample of ``n_per_subset`` task ids per subset (all when ``None``).
 
     Raises:
@@ -138,7 +156,7 @@ def evaluate(
     policy: Policy,
     renderer: ChatRenderer,
     env_id: str,
-    tasks: Mapping[str, Sequence[str]],
+    tasks: Mapping[str, Sequence[Task]],
     *,
     env_kwargs: Mapping[str, Any] | None = None,
     sampling: SamplingParams,
@@ -146,6 +164,8 @@ def evaluate(
     max_turns: int = 4,
     max_prompt_tokens: int | None = None,
     max_total_tokens: int | None = None,
+    max_action_tokens: int | None = None,
+    instructions: str | None = None,
     num_envs: int = 8,
     backend: PoolBackend = "inprocess",
     seed: int = 0,
@@ -158,13 +178,15 @@ def evaluate(
         policy: The policy to evaluate.
         renderer: The policy's chat renderer.
         env_id: Registered env id.
-        tasks: Subset -> task ids (e.g. from :func:`sample_tasks`).
+        tasks: Subset -> task ids or reset seeds (e.g. from :func:`sample_tasks`).
         env_kwargs: ``gym.make`` kwargs (split, retriever, ...).
         sampling: Decoding settings (temperature 0 = greedy).
         layout: Token layout of the rollouts.
         max_turns: Agent steps per episode.
         max_prompt_tokens: Prompt cap passed to :func:`~stepgym.agents.rollout.collect`.
         max_total_tokens: Token cap passed to :func:`~stepgym.agents.rollout.collect`.
+        max_action_tokens: Completion cap passed to :func:`~stepgym.agents.rollout.collect`.
+        instructions: First-prompt text in place of the env's protocol (``collect``).
         num_envs: Envs in the pool (ignored when ``pool`` is given).
         backend: Pool backend (ignored when ``pool`` is given).
         seed: Reset seed base (episodes are deterministic given the task id anyway).
@@ -175,6 +197,7 @@ def evaluate(
         ``(results per subset, trajectories)``.
     """
     flat = [t for ids in tasks.values() for t in ids]
+    subset_of = [s for s, ids in tasks.items() for _ in ids]
     if not flat:
         raise ValueError("nothing to evaluate: every subset has 0 tasks")
     own = pool is None
@@ -192,6 +215,8 @@ def evaluate(
             max_turns=max_turns,
             max_prompt_tokens=max_prompt_tokens,
             max_total_tokens=max_total_tokens,
+            max_action_tokens=max_action_tokens,
+            instructions=instructions,
             seed=seed,
             group_prefix="eval:",
             check_drift=False,
@@ -200,6 +225,8 @@ def evaluate(
     finally:
         if own:
             pool.close()
+    # the plan's subset is the truth (an env need not report info["subset"]); one trajectory per task, in order
+    trajs = [t if t.subset == s else t.model_copy(update={"subset": s}) for t, s in zip(trajs, subset_of, strict=True)]
     return subset_results(trajs), trajs
 
 

@@ -6,7 +6,10 @@
    (with NumPy seeded by ``step_seed(seed, s)``; with replacement only when there are fewer tasks)
    and the current policy plays ``group_size`` episodes of each, sampling at
    ``sampling.temperature``/``top_p`` with the same per-step seed. An episode ends at termination,
-   at ``max_turns`` or at a token cap (truncation).
+   at ``max_turns`` or at a token cap (truncation). Episodes that end on an env fault (the env
+   raised, or returned a NaN/inf reward) are counted (``rollout/env_errors``,
+   ``rollout/nonfinite_rewards``), left out of everything below with a warning, and stop the run
+   when more than ``max_env_error_share`` of the step's episodes are faulty (``trainers/faults.py``).
 2. **Rows.** Every ``TokenSequence`` is a row: one per agent step (``layout="per-step"``, the
    prompt holds the history) or one per trajectory (``"concat"``, observations in between). Only
    generated tokens are trainable (``mask``); observation, prompt and padding tokens never enter any
@@ -72,12 +75,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from stepgym.agents.rollout import rollout_metrics
+from stepgym.envs.capabilities import Task
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import RolloutBatch, collate
 from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stepgym.trainers.config import TrainConfig, save_config
 from stepgym.trainers.credit import check_credit_kwargs
 from stepgym.trainers.distributed import full_state_dict, shard_model, shard_rows
+from stepgym.trainers.faults import drop_env_faults
 from stepgym.trainers.metrics import MultiSink, make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
 from stepgym.trainers.update import (
@@ -94,7 +100,7 @@ __all__ = ["EvalFn", "RolloutFn", "TeacherFn", "step_seed", "train"]
 
 logger = logging.getLogger(__name__)
 
-RolloutFn = Callable[[torch.nn.Module, list[str], int], list[Trajectory]]
+RolloutFn = Callable[[torch.nn.Module, list[Task], int], list[Trajectory]]
 """``(model, task_ids, seed) -> trajectories`` (``group_size`` per task, sharing a ``group_id``)."""
 TeacherFn = Callable[[torch.nn.Module, RolloutBatch, list[Trajectory]], tuple[torch.Tensor, torch.Tensor]]
 """``(teacher_model, batch, trajectories) -> (logp_teacher [B, L], target_mask [B, L])``."""
@@ -107,7 +113,7 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
-def _draw_tasks(task_ids: Sequence[str], n: int, seed: int) -> list[str]:
+def _draw_tasks(task_ids: Sequence[Task], n: int, seed: int) -> list[Task]:
     rng = np.random.default_rng(seed)
     replace_ = n > len(task_ids)
     return [task_ids[i] for i in rng.choice(len(task_ids), size=n, replace=replace_)]
@@ -185,7 +191,7 @@ def train(
     config: TrainConfig,
     *,
     model: torch.nn.Module,
-    task_ids: Sequence[str],
+    task_ids: Sequence[Task],
     rollout: RolloutFn,
     teacher: TeacherFn | None = None,
     evaluate: EvalFn | None = None,
@@ -199,7 +205,8 @@ def train(
     Args:
         config: The run.
         model: The policy (a causal LM, already on its device; LoRA is applied here when enabled).
-        task_ids: Training tasks to draw from (already filtered to ``config.train_subsets``).
+        task_ids: Training tasks to draw from (already filtered to ``config.train_subsets``); task ids, or
+            reset seeds for an env without task ids.
         rollout: Produces the step's trajectories (``stepgym.trainers.runner.make_rollout``).
         teacher: Teacher rescoring; required when the credit method needs a teacher.
         evaluate: Periodic evaluation (every ``config.eval.every`` steps).
@@ -219,6 +226,8 @@ def train(
         NonFiniteError: The credit method returned NaN/inf, or a loss or gradient became NaN/inf;
             the step is abandoned before any optimizer step with non-finite values and before its
             checkpoint, so the newest checkpoint on disk is intact.
+        EnvFaultError: More than ``config.max_env_error_share`` of a step's episodes ended on an env
+            fault (before that step's update and checkpoint).
     """
     # ------------------------------------------------------------------ setup
     method = check_credit_kwargs(config.credit, dict(config.credit_kwargs))
@@ -279,6 +288,10 @@ def train(
         tasks = _draw_tasks(task_ids, config.tasks_per_step, seed)
         model.eval()
         trajs = _broadcast_trajectories(rollout(rollout_model, tasks, seed) if rank == 0 else None)
+        rollout_stats = rollout_metrics(trajs)  # over every episode, env faults included (counted)
+        trajs = drop_env_faults(
+            trajs, env_id=config.env_id, max_share=config.max_env_error_share, step=step, saved=_intact(ckpt_root)
+        )
         t_rollout = time.perf_counter()
 
         # ------------------------------------------------------------------ 2. rows, rescoring, credit
@@ -383,13 +396,10 @@ def train(
 
         # ------------------------------------------------------------------ 5. metrics, evaluation
         metrics = {
-            "rollout/success": float(credit.success.float().mean()),
+            **rollout_stats,
             "rollout/score": float(credit.scores.mean()),
-            "rollout/truncated": float(credit.truncated.float().mean()),
-            "rollout/trajectories": float(len(trajs)),
             "rollout/rows": float(batch.num_rows),
             "rollout/trainable_tokens": float(credit.mask.sum()),
-            "rollout/steps_per_episode": float(np.mean([t.num_steps for t in trajs])),
             **{f"credit/{k}": float(v) for k, v in out_credit.metrics.items()},
             **update_metrics,
         }

@@ -32,6 +32,7 @@ from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
 from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
 from stepgym.distill.rescore import teacher_logprobs
+from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import RolloutBatch
@@ -182,13 +183,15 @@ def _eval_env_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**dict(config.env_kwargs), **dict(config.eval.env_kwargs)}
 
 
-def train_task_ids(config: TrainConfig) -> list[str]:
+def train_task_ids(config: TrainConfig) -> list[Task]:
     """Training tasks: the env's tasks (made with ``config.env_kwargs``) in ``config.train_subsets``.
+
+    An env without task ids trains on the reset seeds ``[0, config.seed_tasks)``.
 
     Raises:
         KeyError: A training subset the env does not have.
     """
-    by = task_subsets(config.env_id, config.env_kwargs)
+    by = task_subsets(config.env_id, config.env_kwargs, seeds=seed_tasks(config.seed_tasks, "train"))
     chosen = sample_tasks(by, None, subsets=list(config.train_subsets) or None)
     return [t for ids in chosen.values() for t in ids]
 
@@ -199,9 +202,13 @@ def eval_task_ids(
     subsets: Sequence[str] | None = None,
     n_per_subset: int | None = None,
     seed: int = 0,
-) -> dict[str, list[str]]:
-    """A fixed evaluation sample per subset (``config.eval`` defaults), from the evaluation env kwargs."""
-    by = task_subsets(config.env_id, _eval_env_kwargs(config))
+) -> dict[str, list[Task]]:
+    """A fixed evaluation sample per subset (``config.eval`` defaults), from the evaluation env kwargs.
+
+    An env without task ids is evaluated on the reset seeds ``[seed_tasks, 2 * seed_tasks)``, disjoint from
+    the training seeds.
+    """
+    by = task_subsets(config.env_id, _eval_env_kwargs(config), seeds=seed_tasks(config.seed_tasks, "eval"))
     names = list(subsets) if subsets else (list(config.eval.subsets) or None)
     return sample_tasks(by, n_per_subset or config.eval.tasks_per_subset, seed=seed, subsets=names)
 
@@ -228,7 +235,7 @@ def make_rollout(
     """
     current = policy
 
-    def rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+    def rollout(model: torch.nn.Module, task_ids: list[Task], seed: int) -> list[Trajectory]:
         nonlocal current
         if before_generate is not None:
             before_generate(model)
@@ -248,6 +255,8 @@ def make_rollout(
             max_turns=config.max_turns,
             max_prompt_tokens=config.max_prompt_tokens,
             max_total_tokens=config.max_total_tokens,
+            max_action_tokens=config.max_action_tokens,
+            instructions=config.instructions,
             seed=seed % 2**31,
             group_prefix=f"s{seed % 100_000}:",
         )
@@ -330,7 +339,7 @@ def evaluate_model(
     config: TrainConfig,
     model: Any,
     tokenizer: Any,
-    tasks: Mapping[str, Sequence[str]],
+    tasks: Mapping[str, Sequence[Task]],
     *,
     temperature: float,
     seed: int = 0,
@@ -350,6 +359,8 @@ def evaluate_model(
         max_turns=config.max_turns,
         max_prompt_tokens=config.max_prompt_tokens,
         max_total_tokens=config.max_total_tokens,
+        max_action_tokens=config.max_action_tokens,
+        instructions=config.instructions,
         num_envs=config.num_envs,
         backend=config.env_backend,
         seed=seed,
@@ -382,7 +393,7 @@ def _rollout(
     return wrap(fn) if wrap is not None else fn
 
 
-def _no_rollout(model: torch.nn.Module, task_ids: list[str], seed: int) -> list[Trajectory]:
+def _no_rollout(model: torch.nn.Module, task_ids: list[Task], seed: int) -> list[Trajectory]:
     raise RuntimeError("rollouts run on rank 0 only; train() must not call rollout on another rank")
 
 
