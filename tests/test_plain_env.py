@@ -321,3 +321,22 @@ def test_cli_trains_a_plain_env_given_as_module_colon_id(tmp_path, credit, layou
     assert rows == [rows[0]] and rows[0].startswith(f"| {SEED_SUBSET} | ") and rows[0].endswith(" | 3 |")
     lines = [json.loads(x) for x in (out / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2] and all(x["rollout/env_errors"] == 0.0 for x in lines)
+
+
+def test_env_faults_in_evaluation_are_warned_about(tiny, caplog):
+    from stepgym.trainers.evaluate import evaluate
+
+    _, tok = tiny
+    with caplog.at_level(logging.WARNING, logger="stepgym.trainers.evaluate"):
+        results, trajs = evaluate(
+            _Fixed("<action>guess 1</action>", tok),
+            ChatRenderer(tok),
+            FAULTY_ID,
+            {SEED_SUBSET: [0, 1, 2]},
+            env_kwargs={"fault": "raise", "fault_seeds": [1]},
+            sampling=SP,
+            max_turns=1,
+        )
+    assert results[SEED_SUBSET].n == 3 and len(env_faults(trajs)) == 1
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert f"evaluation of {FAULTY_ID}: 1 of 3 episodes ended on an env fault" in msg and "exploded" in msg

@@ -8,6 +8,7 @@ Used by the training loop (periodic ``eval/<subset>/...`` metrics) and by ``benc
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -16,12 +17,14 @@ from typing import Any
 import gymnasium as gym
 from stepgym.agents.policy import Policy, SamplingParams
 from stepgym.agents.render import ChatRenderer
-from stepgym.agents.rollout import Layout, collect
+from stepgym.agents.rollout import Layout, collect, env_faults
 from stepgym.envs.capabilities import SEED_SUBSET, Task, env_task_ids, env_task_subset
 from stepgym.envs.pool import EnvPool, PoolBackend
 from stepgym.envs.records import Trajectory
 
 __all__ = ["SubsetResult", "evaluate", "sample_tasks", "subset_results", "task_subsets"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,16 @@ def evaluate(
             pool.close()
     # the plan's subset is the truth (an env need not report info["subset"]); one trajectory per task, in order
     trajs = [t if t.subset == s else t.model_copy(update={"subset": s}) for t, s in zip(trajs, subset_of, strict=True)]
+    faults = env_faults(trajs)
+    if faults:  # counted as failures in the numbers below, so never silently
+        logger.warning(
+            "evaluation of %s: %d of %d episodes ended on an env fault and count as failures; first (task %r): %s",
+            env_id,
+            len(faults),
+            len(trajs),
+            faults[0].task_id,
+            faults[0].info.get("error"),
+        )
     return subset_results(trajs), trajs
 
 
