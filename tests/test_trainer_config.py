@@ -124,3 +124,18 @@ def test_drgrpo_update_loss_does_not_depend_on_padding():
 def test_optim_config_alone_validates_too():
     with pytest.raises(ValidationError, match="lr must be a number"):
         OptimConfig(lr=True)
+
+
+def test_a_misspelt_env_id_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from stepgym.trainers import runner
+
+    def no_model(config):  # the env check must come first
+        raise AssertionError("build_model was called before the env id was checked")
+
+    monkeypatch.setattr(runner, "build_model", no_model)
+    cfg = TrainConfig(model="tiny", env_id="stepgym/SearchQa-v0", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown env_id 'stepgym/SearchQa-v0'. Did you mean 'stepgym/SearchQA-v0'"):
+        runner.run_training(cfg)
+    cfg = TrainConfig(model="tiny", env_id="no_such_module_xyz:Foo-v0", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+        runner.run_training(cfg)

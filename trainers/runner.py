@@ -13,6 +13,8 @@ rescoring) for methods that need one, and periodic per-subset evaluation (always
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import logging
 import shutil
 import tempfile
@@ -49,6 +51,7 @@ __all__ = [
     "RunResult",
     "build_model",
     "build_vllm_policy",
+    "check_env_id",
     "eval_task_ids",
     "evaluate_model",
     "load_checkpoint_model",
@@ -179,6 +182,35 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
 
 
 # =========================================================================== tasks
+def check_env_id(env_id: str) -> None:
+    """Fail fast, with "did you mean", when ``env_id`` is not a registered Gymnasium id.
+
+    ``"module:Name-v0"`` imports ``module`` first, as ``gym.make`` does.
+
+    Raises:
+        ValueError: The module cannot be imported, or the id is not registered.
+    """
+    import gymnasium as gym
+    import stepgym.envs  # noqa: F401 -- registers the built-in ids
+
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"env_id {env_id!r}: cannot import module {module!r} ({e})") from e
+    if name in gym.registry:
+        return
+    lower = {k.lower(): k for k in gym.registry}
+    close = [lower[c] for c in difflib.get_close_matches(name.lower(), lower, n=3, cutoff=0.6)]
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    known = ", ".join(sorted(k for k in gym.registry if k.startswith("stepgym/")))
+    raise ValueError(
+        f"unknown env_id {name!r}.{hint} stepgym registers: {known}; other envs: register them with "
+        "gymnasium.register, or write 'module:Name-v0' to import the module that does"
+    )
+
+
 def _eval_env_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**dict(config.env_kwargs), **dict(config.eval.env_kwargs)}
 
@@ -414,10 +446,12 @@ def run_training(
     """
     method = get_credit(config.credit)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    # everything that can fail without the model is checked before it loads (that takes minutes at scale)
+    check_env_id(config.env_id)
     if config.rollout.backend == "vllm":
-        require_vllm()  # before any model is built
-    model, tokenizer = build_model(config)
+        require_vllm()
     tasks = train_task_ids(config)
+    model, tokenizer = build_model(config)
     renderer = ChatRenderer(tokenizer)
     sync: EngineSync | None = None
     if config.rollout.backend == "vllm" and rank == 0:
