@@ -53,6 +53,9 @@ def test_steppo_uses_the_sequence_ratio_unless_told_otherwise(tmp_path):
     assert _cfg(credit="steppo", loss={"clip_eps_low": 0.1}).loss.ratio_level == "sequence"
     assert _cfg(credit="steppo", loss={"ratio_level": "token"}).loss.ratio_level == "token"  # overridable
     assert _cfg(credit="grpo").loss.ratio_level == "token"
+    from stepgym.trainers.credit_probe import probed
+
+    assert _cfg(credit=probed("steppo")).loss.ratio_level == "sequence"  # a wrapped method keeps its defaults
     # the resolved value is what gets saved, and it survives the round trip
     save_config(_cfg(credit="steppo", loss={"clip_eps_low": 0.1}), tmp_path)
     back = load_config(tmp_path)
@@ -61,7 +64,7 @@ def test_steppo_uses_the_sequence_ratio_unless_told_otherwise(tmp_path):
 
 def test_sdar_teacher_is_the_live_policy_with_hindsight_in_the_prompt():
     # ALGORITHMS.md §6: the same policy's pre-update weights, privileged context prepended to the prompt
-    for method in ("sdar", "grpo+opsd"):
+    for method in ("sdar", "grpo+opsd", "opsd"):
         t = _cfg(credit=method).teacher
         assert (t.mode, t.placement) == ("live", "prompt"), method
     t = _cfg(credit="sdar", teacher={"mode": "snapshot", "snapshot_interval": 5}).teacher
