@@ -168,7 +168,7 @@ _PAPER_COMMON: dict[str, Any] = {
     "total_steps": 150,
     "group_size": 8,
     "optim": {"lr": 1e-6},
-    "teacher": {"mode": "snapshot", "snapshot_interval": 10},
+    "teacher": {"snapshot_interval": 10},  # mode: each method's own (stepopsd snapshot, sdar live)
     "checkpoint_every": 10,
     "eval": {"every": 10, "temperature": 0.4, "tasks_per_subset": 32},
     "micro_batch_size": 8,
