@@ -11,7 +11,8 @@ step, ``s_k`` = the step's first token) and the teacher context inserts a hindsi
 * ``placement="prefix"`` (our variant [recon]): ``H`` once before the row's first generated token,
   one forward over ``L + |H|`` tokens;
 * ``placement="prompt"`` (SDAR, ALGORITHMS.md §6: privileged context prepended to the prompt):
-  ``H + x``, ``H`` before the row's first token, one forward over ``|H| + L`` tokens.
+  ``H + x``, ``H`` before the row's first token, one forward over ``|H| + L`` tokens. [recon: on ids,
+  so ``H`` precedes the chat template's first turn; the paper writes its skills into the prompt text.]
 
 The efficient inline path (:func:`teacher_logprobs`) runs **one** forward over each row, keeping its
 KV cache, then **one** packed forward over all steps' ``H + step tokens`` blocks. A custom 4D
