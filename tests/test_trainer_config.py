@@ -137,8 +137,8 @@ def test_a_misspelt_env_id_fails_before_the_model_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "build_model", no_model)
     cfg = TrainConfig(model="tiny", env_id="stepgym/SearchQa-v0", output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="unknown env_id 'stepgym/SearchQa-v0'. Did you mean 'stepgym/SearchQA-v0'"):
+    with pytest.raises(ValueError, match="unknown env 'stepgym/SearchQa-v0'; did you mean 'stepgym/SearchQA-v0'"):
         runner.run_training(cfg)
     cfg = TrainConfig(model="tiny", env_id="no_such_module_xyz:Foo-v0", output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+    with pytest.raises(ValueError, match="could not import module 'no_such_module_xyz'"):
         runner.run_training(cfg)

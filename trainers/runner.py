@@ -13,8 +13,6 @@ rescoring) for methods that need one, and periodic per-subset evaluation (always
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import logging
 import shutil
 import tempfile
@@ -34,6 +32,7 @@ from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
 from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
 from stepgym.distill.rescore import teacher_logprobs
+from stepgym.envs import resolve_env_id
 from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
 from stepgym.envs.records import Trajectory
@@ -51,7 +50,6 @@ __all__ = [
     "RunResult",
     "build_model",
     "build_vllm_policy",
-    "check_env_id",
     "eval_task_ids",
     "evaluate_model",
     "load_checkpoint_model",
@@ -182,35 +180,6 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
 
 
 # =========================================================================== tasks
-def check_env_id(env_id: str) -> None:
-    """Fail fast, with "did you mean", when ``env_id`` is not a registered Gymnasium id.
-
-    ``"module:Name-v0"`` imports ``module`` first, as ``gym.make`` does.
-
-    Raises:
-        ValueError: The module cannot be imported, or the id is not registered.
-    """
-    import gymnasium as gym
-    import stepgym.envs  # noqa: F401 -- registers the built-in ids
-
-    module, _, name = env_id.rpartition(":")
-    if module:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ValueError(f"env_id {env_id!r}: cannot import module {module!r} ({e})") from e
-    if name in gym.registry:
-        return
-    lower = {k.lower(): k for k in gym.registry}
-    close = [lower[c] for c in difflib.get_close_matches(name.lower(), lower, n=3, cutoff=0.6)]
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    known = ", ".join(sorted(k for k in gym.registry if k.startswith("stepgym/")))
-    raise ValueError(
-        f"unknown env_id {name!r}.{hint} stepgym registers: {known}; other envs: register them with "
-        "gymnasium.register, or write 'module:Name-v0' to import the module that does"
-    )
-
-
 def _eval_env_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**dict(config.env_kwargs), **dict(config.eval.env_kwargs)}
 
@@ -447,7 +416,7 @@ def run_training(
     method = get_credit(config.credit)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     # everything that can fail without the model is checked before it loads (that takes minutes at scale)
-    check_env_id(config.env_id)
+    resolve_env_id(config.env_id)  # did-you-mean for a misspelt id
     if config.rollout.backend == "vllm":
         require_vllm()
     tasks = train_task_ids(config)
