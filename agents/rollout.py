@@ -45,7 +45,10 @@ NaN/inf reward (``"nonfinite_reward"``, the reward recorded as 0.0 and the raw v
 :func:`env_faults` lists them.
 
 Outcome: the last step's ``info["score"]`` when present, else ``info["won"]`` as 0/1, else the last
-reward. Success: ``info["won"]`` / ``info["success"]`` when present, else ``outcome > 0``.
+reward when that step was valid, else 0: an invalid step's reward is the env's invalid-action penalty,
+which the trainer adds to the score once (``trainers/batch.py``), never an outcome (an episode the
+rollout cuts on an invalid Search-QA step has outcome 0, not -0.01). Success: ``info["won"]`` /
+``info["success"]`` when present, else ``outcome > 0``.
 Timing: ``time_generate_s`` / ``time_env_s`` are each trajectory's share of the batched generate /
 env calls it took part in (the call's wall time divided by its rows).
 """
@@ -212,7 +215,7 @@ def _outcome(ep: _Episode) -> tuple[float, bool]:
     elif "won" in info:
         outcome = float(bool(info["won"]))
     else:
-        outcome = float(last.reward)
+        outcome = float(last.reward) if last.valid else 0.0  # an invalid step's reward is its penalty
     for key in ("won", "success"):
         if key in info:
             return outcome, bool(info[key])

@@ -107,7 +107,7 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         model=str(model_dir),
         device="cpu",
         env_id=VARIANT_ENV[variant],
-        env_kwargs={"num_tasks": args.num_tasks, "max_steps": args.max_turns},
+        env_kwargs={"num_tasks": args.num_tasks, "max_steps": args.max_turns, "invalid_penalty": args.invalid_penalty},
         num_envs=args.group_size * args.tasks_per_step,
         group_size=args.group_size,
         tasks_per_step=args.tasks_per_step,
@@ -120,7 +120,6 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         # each trajectory weighs the same: with token-mean, long failed episodes (invalid steps) outweigh
         # the successful ones and GRPO did not learn here (measured: 0.54 -> 0.44 in 16 steps)
         loss={"aggregation": args.aggregation},
-        invalid_action_penalty=args.invalid_penalty,
         # generation log-probs are the trained model's own (fp32, same forward): no second pass needed
         recompute_old_logprobs=False,
         micro_batch_size=16,
@@ -260,7 +259,7 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=12)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per RL step")
-    ap.add_argument("--invalid-penalty", type=float, default=0.1, help="score penalty per invalid step")
+    ap.add_argument("--invalid-penalty", type=float, default=0.1, help="the env's penalty per invalid step")
     ap.add_argument("--aggregation", default="seq-mean-token-mean", help="policy-loss aggregation (LossConfig)")
     ap.add_argument("--sft-epochs", type=int, default=60)
     ap.add_argument("--teacher-placement", default="prefix", choices=["prefix", "inline"])

@@ -9,7 +9,10 @@ step, ``s_k`` = the step's first token) and the teacher context inserts a hindsi
   ids ``0..s_k-1`` then ``s_k, s_k+1, ...`` for ``H + x[s_k:]`` (exactly what a forward over that
   concatenated sequence would use);
 * ``placement="prefix"`` (our variant [recon]): ``H`` once before the row's first generated token,
-  one forward over ``L + |H|`` tokens.
+  one forward over ``L + |H|`` tokens;
+* ``placement="prompt"`` (SDAR, ALGORITHMS.md §6: privileged context prepended to the prompt):
+  ``H + x``, ``H`` before the row's first token, one forward over ``|H| + L`` tokens. [recon: on ids,
+  so ``H`` precedes the chat template's first turn; the paper writes its skills into the prompt text.]
 
 The efficient inline path (:func:`teacher_logprobs`) runs **one** forward over each row, keeping its
 KV cache, then **one** packed forward over all steps' ``H + step tokens`` blocks. A custom 4D
@@ -49,7 +52,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Placement = Literal["inline", "prefix"]
+Placement = Literal["inline", "prefix", "prompt"]
+PLACEMENTS: tuple[str, ...] = ("inline", "prefix", "prompt")
 
 
 # =========================================================================== model plumbing
@@ -94,6 +98,11 @@ def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:  
 def _first_generated(row: TokenSequence) -> int:
     """Position of the row's first step token (where the ``prefix`` hindsight goes)."""
     return next(p for p, k in enumerate(row.step_index) if k >= 0)
+
+
+def _insert_at(row: TokenSequence, placement: Placement) -> int:
+    """Where a once-per-row hindsight block goes: before the prompt (0) or before the first step token."""
+    return 0 if placement == "prompt" else _first_generated(row)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -180,8 +189,8 @@ def teacher_logprobs(
         hindsight_ids: Per row, the hindsight block's ids, or ``None`` (teacher context = student
             context; the row still gets its student log-probs on its targets).
         target: ``"step"`` or ``"action"`` (see :mod:`stepgym.distill.segment`).
-        placement: ``"inline"`` (hindsight before every step) or ``"prefix"`` (once before the
-            row's first generated token).
+        placement: ``"inline"`` (hindsight before every step), ``"prefix"`` (once before the
+            row's first generated token) or ``"prompt"`` (once before the row's first token).
         temperature: Logits are divided by it before the softmax.
         batch_size: Rows per forward (``None`` = all at once).
 
@@ -189,8 +198,8 @@ def teacher_logprobs(
         ``(logp_teacher [B, L], target_mask [B, L])``; ``logp_teacher`` is 0 off the targets.
     """
     _check_temperature(temperature)
-    if placement not in ("inline", "prefix"):
-        raise ValueError(f"placement must be 'inline' or 'prefix', got {placement!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}")
     decoder, head, dev = _parts(model)
     plans = _plans(rows, hindsight_ids, target)
     L = max((len(r) for r in rows), default=0)
@@ -203,7 +212,7 @@ def teacher_logprobs(
         if hinted and placement == "inline":
             _score_inline(decoder, head, rows, plans, hinted, out, temperature, dev)
         elif hinted:
-            _score_prefix(decoder, head, rows, plans, hinted, out, temperature, dev)
+            _score_prefix(decoder, head, rows, plans, hinted, out, temperature, dev, placement)
     return out, _target_mask(plans, L, dev)
 
 
@@ -230,12 +239,12 @@ def _score_plain(decoder, head, rows, plans, sel, out, temperature, dev) -> None
     _scatter_targets(out, sel, qs, ps, hidden, ids, head, temperature)
 
 
-def _score_prefix(decoder, head, rows, plans, sel, out, temperature, dev) -> None:
-    """Hindsight once before the first step: one forward over ``x[:s0] + H + x[s0:]``."""
+def _score_prefix(decoder, head, rows, plans, sel, out, temperature, dev, placement) -> None:
+    """Hindsight once per row: one forward over ``x[:s0] + H + x[s0:]`` (``s0`` = 0 for ``prompt``)."""
     seqs, ps, qs = [], [], []
     for i in sel:
         x, h = rows[i].ids, plans[i].hindsight or []
-        s0 = _first_generated(rows[i])
+        s0 = _insert_at(rows[i], placement)
         seqs.append(list(x[:s0]) + h + list(x[s0:]))
         p = [t for s in plans[i].spans for t in s.targets]
         ps.append(p)
@@ -326,8 +335,8 @@ def teacher_logprobs_naive(
     out = torch.zeros(len(rows), L, device=dev)
     for i, (row, plan) in enumerate(zip(rows, plans)):
         h = plan.hindsight or []
-        if placement == "prefix" and plan.spans:
-            spans = [StepSpan(-1, _first_generated(row), max(s.end for s in plan.spans), ())]
+        if placement in ("prefix", "prompt") and plan.spans:
+            spans = [StepSpan(-1, _insert_at(row, placement), max(s.end for s in plan.spans), ())]
             targets = [[t for s in plan.spans for t in s.targets]]
         else:
             spans, targets = plan.spans, [list(s.targets) for s in plan.spans]

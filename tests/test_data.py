@@ -50,6 +50,18 @@ def test_read_jsonl_reports_file_and_line(tmp_path):
 
 
 def test_real_shared_data_resolves():
-    d = resolve_data_dir(subdir="searchqa")  # .ci/run sets STEPGYM_DATA=../shared/data
+    d = resolve_data_dir(subdir="searchqa")  # .ci/run runs the README's STEPGYM_DATA=../shared/data
     first = next(read_jsonl(Path(d) / "nq" / "questions.jsonl"))
     assert {"id", "question", "golden_answers"} <= set(first)
+
+
+def test_data_resolves_in_a_subprocess_started_elsewhere(tmp_path):
+    # the README's relative STEPGYM_DATA must still resolve in a child running in another folder
+    # (tests/test_run_cli.py starts benchmarks/run.py in tmp_path); conftest makes it absolute
+    import subprocess
+    import sys
+
+    code = "from stepgym.envs.data import resolve_data_dir; print(resolve_data_dir(subdir='searchqa'))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Path(r.stdout.strip()) == resolve_data_dir(subdir="searchqa")

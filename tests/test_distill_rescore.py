@@ -59,7 +59,7 @@ HINDSIGHT = [[1, 2, 3], [5, 6], [7, 8, 9, 10], None]
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("target", ["step", "action"])
-@pytest.mark.parametrize("placement", ["inline", "prefix"])
+@pytest.mark.parametrize("placement", ["inline", "prefix", "prompt"])
 def test_efficient_equals_naive(rows, attn, target, placement):
     m = _model(attn)
     fast, fm = teacher_logprobs(m, rows, HINDSIGHT, target=target, placement=placement, temperature=0.7)
@@ -115,11 +115,27 @@ def test_inline_differs_from_prefix_after_the_first_step(rows):
     assert (inline[0, step == 2] - prefix[0, step == 2]).abs().max() > 1e-4
 
 
+def test_prompt_placement_is_hindsight_before_the_whole_row(rows):
+    # SDAR (ALGORITHMS.md §6): the privileged context is prepended to the prompt, so the teacher
+    # log-prob of target t is log p(x[t] | H, x[:t]): one plain forward over H + x, read at t + |H| - 1
+    m = _model("sdpa")
+    row, h = rows[0], HINDSIGHT[0]
+    got, tm = teacher_logprobs(m, rows[:1], [h], placement="prompt")
+    with torch.no_grad():
+        logits = m(input_ids=torch.tensor([list(h) + list(row.ids)])).logits[0].float()  # [|H|+L, V]
+    lp = torch.log_softmax(logits, -1)
+    targets = tm[0].nonzero().flatten().tolist()
+    want = torch.tensor([lp[t + len(h) - 1, row.ids[t]].item() for t in targets])
+    torch.testing.assert_close(got[0, targets], want, atol=1e-5, rtol=0)
+    prefix, _ = teacher_logprobs(m, rows[:1], [h], placement="prefix")
+    assert (got[0, targets] - prefix[0, targets]).abs().max() > 1e-4  # a different context, not a renamed prefix
+
+
 def test_errors_say_how_to_fix(rows):
     m = _model("sdpa")
     with pytest.raises(ValueError, match="hindsight_ids has 1 entries but there are 4 rows"):
         teacher_logprobs(m, rows, [None])
-    with pytest.raises(ValueError, match="placement must be 'inline' or 'prefix'"):
+    with pytest.raises(ValueError, match="placement must be one of 'inline', 'prefix', 'prompt'"):
         teacher_logprobs(m, rows, HINDSIGHT, placement="middle")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         teacher_logprobs(m, rows, HINDSIGHT, temperature=0)

@@ -32,6 +32,8 @@ def _config(out, credit):
             env_kwargs={"max_turns": 2},
             credit=credit,
             credit_kwargs=CREDITS[credit],
+            # sdar's own default is the live teacher (§6); the snapshot is the path that needs FSDP care
+            teacher={"mode": "snapshot"},
             layout="per-step",
             group_size=2,
             tasks_per_step=2,

@@ -150,10 +150,11 @@ def test_grpo_learns_the_decisive_choice_from_a_noisy_warm_start(tmp_path, tok):
         model, demos, epochs=SFT_EPOCHS, lr=3e-3, batch_size=8, seed=0, pad_token_id=tok.pad_token_id,
         schedule="cosine",
     )  # fmt: skip
+    kw = {**kw, "invalid_penalty": 0.1}  # the env owns the penalty; the score adds it once
     pool = EnvPool(ENV, num_envs=48, env_kwargs=kw)
     config = TrainConfig(
         model="unused", env_id=ENV, env_kwargs=kw, group_size=16, tasks_per_step=3, layout="concat", max_turns=10,
-        credit=probed("grpo"), optim={"lr": RL_LR}, mini_batches=2, invalid_action_penalty=0.1,
+        credit=probed("grpo"), optim={"lr": RL_LR}, mini_batches=2,
         loss={"aggregation": "seq-mean-token-mean"},
         recompute_old_logprobs=False, micro_batch_size=16, total_steps=RL_STEPS, checkpoint_every=0, seed=0,
         output_dir=str(tmp_path / "run"), pad_token_id=tok.pad_token_id, eval={"every": 0},

@@ -34,17 +34,18 @@ def _per_step_row(k, prompt, gen):
 
 
 def test_collate_per_step_layout_shapes_indices_and_penalty():
-    # group "a": traj 0 has 2 steps (step 1 invalid), outcome 1; traj 1 has 1 step, outcome 0.
+    # group "a": traj 0 has 2 steps (step 1 invalid: the env's reward -0.1 is its penalty), outcome 1;
+    # traj 1 has 1 step, outcome 0.
     # group "b": traj 2 has 1 step, outcome 1.
     t0 = _traj(
         "a",
         1.0,
         [_per_step_row(0, [5, 6], [7, 8, 9]), _per_step_row(1, [5], [10])],
-        [step(0, reward=0.0, obs="room"), step(1, valid=False, reward=1.0, obs="hall")],
+        [step(0, reward=0.0, obs="room"), step(1, valid=False, reward=-0.1, obs="hall")],
     )
     t1 = _traj("a", 0.0, [_per_step_row(0, [5, 6, 7], [11])], [step(0, obs="room")])
     t2 = _traj("b", 1.0, [_per_step_row(0, [3], [4, 4])], [step(0, obs="x")])
-    batch = collate([t0, t1, t2], pad_token_id=0, invalid_action_penalty=0.1)
+    batch = collate([t0, t1, t2], pad_token_id=0)
     c = batch.credit
     # rows: 2 + 1 + 1 = 4, L = max(5, 2, 4, 3) = 5
     assert batch.input_ids.shape == (4, 5)
@@ -55,9 +56,10 @@ def test_collate_per_step_layout_shapes_indices_and_penalty():
     assert c.logp_old[3].tolist() == [0.0, -0.5, -0.5, 0.0, 0.0]
     assert c.traj_index.tolist() == [0, 0, 1, 2]
     assert c.group_index.tolist() == [0, 0, 1]
-    # score = outcome - 0.1 * invalid steps: traj 0 -> 1 - 0.1 = 0.9
+    # score = outcome + the invalid steps' rewards (the env's penalties): traj 0 -> 1 - 0.1 = 0.9;
+    # step rewards are the env's, with the penalty once (not -0.2)
     assert c.scores.tolist() == pytest.approx([0.9, 0.0, 1.0])
-    assert c.step_rewards == ((0.0, 0.9), (0.0,), (0.0,))
+    assert c.step_rewards == ((0.0, -0.1), (0.0,), (0.0,))
     assert c.success.tolist() == [True, False, True]
     assert c.anchors == (("room", "hall"), ("room",), ("x",))
     # the credit registry consumes it: GRPO in group a, scores (0.9, 0) -> mean 0.45, sd 0.6364 -> +-0.7071

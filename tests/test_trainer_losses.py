@@ -84,12 +84,13 @@ def test_aggregation_modes_hand_derived():
     m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert aggregate(x, m, "token-mean").item() == pytest.approx(6 / 3)  # (1+2+3)/3
     assert aggregate(x, m, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3) / 2)
-    assert aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx(6 / (2 * 3))
+    with pytest.raises(ValueError, match="constant norm_length"):  # Dr.GRPO: never the padded length
+        aggregate(x, m, "seq-mean-token-sum-norm")
     assert aggregate(x, m, "seq-mean-token-sum-norm", norm_length=4).item() == pytest.approx(6 / 8)
     # split into rows with the whole batch's normaliser: the parts sum to the whole
     for mode, whole_norm in [("token-mean", 3.0), ("seq-mean-token-mean", 2.0), ("seq-mean-token-sum-norm", 6.0)]:
         parts = sum(aggregate(x[i : i + 1], m[i : i + 1], mode, normalizer=whole_norm) for i in range(2))
-        assert parts.item() == pytest.approx(aggregate(x, m, mode).item())
+        assert parts.item() == pytest.approx(aggregate(x, m, mode, norm_length=3).item())
     with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
         aggregate(x, m, "mean")
 

@@ -67,7 +67,7 @@ def _update(model, inputs, *, micro, mini=1, loss=None, lr=1.0):
     [
         LossConfig(aggregation="token-mean"),
         LossConfig(aggregation="seq-mean-token-mean", kl_coef=0.1, reference="initial", entropy_coef=0.01),
-        LossConfig(aggregation="seq-mean-token-sum-norm", ratio_level="sequence", dual_clip=3.0),
+        LossConfig(aggregation="seq-mean-token-sum-norm", norm_length=16, ratio_level="sequence", dual_clip=3.0),
     ],
     ids=["token-mean", "seq-mean+kl+entropy", "sum-norm+gspo+dualclip"],
 )

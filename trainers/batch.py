@@ -3,9 +3,13 @@
 Rows are every :class:`~stepgym.envs.records.TokenSequence` of every trajectory, in trajectory order
 (one row per step in the per-step layout, one per trajectory in the concat layout); rows are
 right-padded to the longest. Trajectories sharing a ``group_id`` form one task group, numbered in
-order of first appearance. Scores follow ALGORITHMS.md §1.1: the outcome, minus
-``invalid_action_penalty`` per invalid step when the penalty is on (the same penalty is subtracted
-from that step's reward in ``step_rewards``).
+order of first appearance.
+
+The invalid-action penalty has one owner, the env: an invalid step's reward *is* its penalty
+(ALFWorld ``-invalid_penalty``, Search-QA ``-invalid_action_penalty``, 0 when the env has none).
+``step_rewards`` are the env's rewards as returned, and a trajectory's score (ALGORITHMS.md §1.1) is
+its outcome plus the rewards of its invalid steps, so each penalty counts once in both. (The outcome
+never holds a penalty: ``agents/rollout.py`` reads it from ``info`` or a valid step's reward.)
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ def collate(
     trajectories: Sequence[Trajectory],
     *,
     pad_token_id: int = 0,
-    invalid_action_penalty: float = 0.0,
     training_step: int = 0,
 ) -> RolloutBatch:
     """Pad every token sequence of ``trajectories`` into one batch.
@@ -54,8 +57,7 @@ def collate(
     Args:
         trajectories: The rollouts of one step (G per task, groups by ``group_id``).
         pad_token_id: Id written into padding positions.
-        invalid_action_penalty: Subtracted per invalid step from the score and that step's reward.
-        training_step: Optimizer steps so far (for credit schedules).
+        training_step: Training steps completed before this one (for credit schedules).
 
     Raises:
         ValueError: No trajectories, or no token rows at all (rollouts without ``sequences``).
@@ -88,12 +90,9 @@ def collate(
 
     groups: dict[str, int] = {}
     group_index = torch.tensor([groups.setdefault(tr.group_id, len(groups)) for tr in trajectories])  # [T]
-    step_rewards = tuple(
-        tuple(s.reward - (invalid_action_penalty if not s.valid else 0.0) for s in tr.steps) for tr in trajectories
-    )
+    step_rewards = tuple(tuple(s.reward for s in tr.steps) for tr in trajectories)
     scores = torch.tensor(
-        [tr.outcome - invalid_action_penalty * sum(not s.valid for s in tr.steps) for tr in trajectories],
-        dtype=torch.float32,
+        [tr.outcome + sum(s.reward for s in tr.steps if not s.valid) for tr in trajectories], dtype=torch.float32
     )  # [T]
     credit = CreditBatch(
         mask=mask,

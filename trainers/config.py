@@ -1,6 +1,7 @@
 """The trainer's configuration: every knob of a GRPO run, each default written once, here.
 
-All models are frozen pydantic models with ``extra="forbid"``: a misspelt key fails at start-up.
+All models are frozen pydantic models with ``extra="forbid"``: a misspelt key fails at start-up, and a
+``bool`` given for a number (``group_size=True``) is rejected rather than read as 1.
 :func:`save_config` writes the resolved config as ``config.json`` next to a run;
 :func:`load_config` reads it back. The credit method and its keyword arguments are checked
 against the credit registry when the config is built (``trainers/credit.py``).
@@ -9,11 +10,13 @@ against the credit registry when the config is built (``trainers/credit.py``).
 from __future__ import annotations
 
 import json
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
-from stepgym.trainers.credit import check_credit_kwargs
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from stepgym.trainers.credit import CreditMethod, check_credit_kwargs
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -33,8 +36,29 @@ CONFIG_FILENAME = "config.json"
 """Name of the resolved config written next to every run and inside every checkpoint."""
 
 
+def _is_number(annotation: Any) -> bool:
+    """``int``/``float`` fields (also ``int | None``), but not ``bool`` ones."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return bool not in args and any(a in (int, float) for a in args)
+    return False
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads True as 1: `group_size=True` would silently mean one rollout per task
+        if isinstance(data, dict):
+            for name, value in data.items():
+                f = cls.model_fields.get(name)
+                if isinstance(value, bool) and f is not None and _is_number(f.annotation):
+                    raise ValueError(f"{name} must be a number, got the bool {value!r}")
+        return data
 
 
 class SamplingConfig(_Config):
@@ -70,10 +94,10 @@ class RolloutEngineConfig(_Config):
 class OptimConfig(_Config):
     """Optimizer and learning-rate schedule (AdamW)."""
 
-    lr: float = Field(1e-6, gt=0.0)
-    """Peak learning rate (the papers' 1e-6)."""
+    lr: float = Field(1e-6, gt=0.0, le=1.0)
+    """Peak learning rate (the papers' 1e-6; above 1 AdamW diverges at the first step)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
+    """AdamW betas, each in ``[0, 1)``."""
     eps: float = Field(1e-8, gt=0.0)
     """AdamW epsilon."""
     weight_decay: float = Field(0.0, ge=0.0)
@@ -85,13 +109,21 @@ class OptimConfig(_Config):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the global gradient norm to this value; ``None`` = no clipping (the norm is still checked)."""
 
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"AdamW betas must each be in [0, 1), got {v}")
+        return v
+
 
 class LossConfig(_Config):
     """The policy loss (ALGORITHMS.md §2)."""
 
     ratio_level: Literal["token", "sequence"] = "token"
-    """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, arXiv 2507.18071 eq. 7)."""
-    clip_eps_low: float = Field(0.2, ge=0.0)
+    """Importance ratio per token (PPO/GRPO) or per sequence (GSPO, arXiv 2507.18071 eq. 7). Left unset, the
+    credit method's choice applies (``register_credit(config_defaults=...)``: ``steppo`` uses ``sequence``, §8)."""
+    clip_eps_low: float = Field(0.2, ge=0.0, lt=1.0)
     """Lower clip: the ratio is clipped to ``1 - clip_eps_low``."""
     clip_eps_high: float = Field(0.2, ge=0.0)
     """Upper clip: the ratio is clipped to ``1 + clip_eps_high`` (DAPO's clip-higher uses 0.28)."""
@@ -100,7 +132,8 @@ class LossConfig(_Config):
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     """How per-token losses reduce to a scalar (all normalisers are global over a mini-batch)."""
     norm_length: int | None = Field(None, ge=1)
-    """Constant length for ``seq-mean-token-sum-norm`` (Dr.GRPO); ``None`` = the padded row length."""
+    """Constant length for ``seq-mean-token-sum-norm`` (Dr.GRPO); ``None`` = the most generated tokens one row
+    can hold (per-step: ``sampling.max_new_tokens``; concat: ``max_turns`` x that, capped by ``max_total_tokens``)."""
     kl_coef: float = Field(0.0, ge=0.0)
     """Weight of the k3 KL to the reference model (0 = no reference forward)."""
     kl_clamp: float = Field(10.0, gt=0.0)
@@ -132,13 +165,15 @@ class TeacherConfig(_Config):
     """The self-distillation teacher (ALGORITHMS.md §4.2-4.3), used by credit methods with ``needs_teacher``."""
 
     mode: Literal["snapshot", "live"] = "snapshot"
-    """``snapshot``: a frozen copy refreshed every ``snapshot_interval`` steps; ``live``: the current policy."""
+    """``snapshot``: a frozen copy refreshed every ``snapshot_interval`` steps; ``live``: the current policy's
+    pre-update weights. Left unset, the credit method's choice applies (``sdar``: ``live``, §6)."""
     snapshot_interval: int = Field(10, ge=1)
-    """Optimizer steps between teacher snapshot refreshes (``stale_ref`` in the StepOPSD code)."""
+    """Training steps between teacher snapshot refreshes (``stale_ref`` in the StepOPSD code)."""
     hindsight: tuple[str, ...] = ("outcome", "peer")
     """Hindsight builders (``distill.hindsight.HINDSIGHT_BUILDERS``) forming the teacher's privileged context."""
-    placement: Literal["inline", "prefix"] = "inline"
-    """``inline``: hindsight right before each step (published); ``prefix``: once before the response."""
+    placement: Literal["inline", "prefix", "prompt"] = "inline"
+    """``inline``: hindsight right before each step (StepOPSD); ``prefix``: once before the response; ``prompt``:
+    prepended to the prompt (SDAR §6). Left unset, the credit method's choice applies (``sdar``: ``prompt``)."""
     target: Literal["step", "action"] = "step"
     """Tokens the teacher rescores: the whole step (reasoning + action) or the action span only."""
 
@@ -199,8 +234,6 @@ class TrainConfig(_Config):
     """Envs in the rollout pool."""
     env_backend: Literal["inprocess", "process", "ray"] = "inprocess"
     """Env pool backend."""
-    invalid_action_penalty: float = Field(0.0, ge=0.0)
-    """Subtracted from a step's reward and the trajectory score per invalid action (ALFWorld 0.1, QA 0.01)."""
     instructions: str | None = None
     """Text that starts every first prompt (how to write actions); ``None`` = the env's ``protocol``, if it has one."""
     seed_tasks: int = Field(1000, ge=1)
@@ -268,6 +301,17 @@ class TrainConfig(_Config):
     metric_sinks: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
     """Where metrics go; JSONL is always written, the others are optional extras."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "invalid_action_penalty" in data:
+            raise ValueError(
+                "invalid_action_penalty is no longer a TrainConfig field: the env owns the penalty (it is in the "
+                "reward of the invalid step, and the trajectory score adds that reward once); set it in env_kwargs "
+                "(ALFWorld and the sandbox: invalid_penalty; Search-QA: invalid_action_penalty)"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         from stepgym.distill.hindsight import HINDSIGHT_BUILDERS
@@ -276,12 +320,32 @@ class TrainConfig(_Config):
         if unknown:
             raise ValueError(f"unknown teacher.hindsight part(s) {unknown}; choose from {sorted(HINDSIGHT_BUILDERS)}")
         method = check_credit_kwargs(self.credit, dict(self.credit_kwargs))
+        self._resolve(method)
         if self.loss.reference == "teacher" and not method.needs_teacher:
             raise ValueError(
                 f"loss.reference is 'teacher' but credit method {method.name!r} uses no teacher; "
                 "use reference='initial' or a teacher-based credit method"
             )
         return self
+
+    def _resolve(self, method: CreditMethod) -> None:
+        """Fill what depends on other fields, so the saved config says what ran (construction time only)."""
+        # the credit method's choices for fields the user left unset (e.g. steppo: GSPO's sequence ratio, §8)
+        for path, value in method.config_defaults.items():
+            section, _, name = path.partition(".")
+            sub = getattr(self, section, None)
+            if not isinstance(sub, _Config) or name not in type(sub).model_fields:
+                raise ValueError(f"credit method {method.name!r} sets {path!r}, which is not a TrainConfig field")
+            if name not in sub.model_fields_set:
+                given = {k: getattr(sub, k) for k in sub.model_fields_set}
+                object.__setattr__(self, section, type(sub).model_validate({**given, name: value}))
+        # Dr.GRPO divides by a constant (arXiv 2503.20783 §3.1), not by this batch's padded length
+        if self.loss.aggregation == "seq-mean-token-sum-norm" and self.loss.norm_length is None:
+            budget = self.sampling.max_new_tokens * (1 if self.layout == "per-step" else self.max_turns)
+            if self.layout == "concat" and self.max_total_tokens is not None:
+                budget = min(budget, self.max_total_tokens)
+            given = {k: getattr(self.loss, k) for k in self.loss.model_fields_set}
+            object.__setattr__(self, "loss", LossConfig.model_validate({**given, "norm_length": budget}))
 
 
 def save_config(config: TrainConfig, folder: str | Path) -> Path:

@@ -6,7 +6,9 @@ A credit method is a function ``fn(batch: CreditBatch, **kwargs) -> CreditOutput
 against the function's signature (:func:`check_credit_kwargs`) before any rollout.
 
 Methods declare what they need: ``needs_teacher`` (teacher log-probs, filled by ``distill``
-rescoring) and ``needs_values`` (a value head). Spec: ``shared/ALGORITHMS.md``.
+rescoring) and ``needs_values`` (a value head), and may set ``config_defaults``: values for
+``TrainConfig`` fields the user left unset, where the method's spec departs from the general default
+(StepPO's sequence-level ratio, SDAR's live teacher). Spec: ``shared/ALGORITHMS.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import difflib
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +66,7 @@ class CreditBatch:
     group_index: torch.Tensor
     """[T] long: the task group (0..G-1) of each trajectory."""
     scores: torch.Tensor
-    """[T] float: trajectory score (outcome, minus invalid-action penalties when enabled)."""
+    """[T] float: trajectory score (outcome plus the env's invalid-action penalties, ALGORITHMS.md §1.1)."""
     success: torch.Tensor
     """[T] bool: trajectory solved its task."""
     truncated: torch.Tensor
@@ -82,7 +84,7 @@ class CreditBatch:
     values: torch.Tensor | None = None
     """[B, L] float: critic values (methods with ``needs_values``)."""
     training_step: int = 0
-    """Optimizer steps taken so far (for schedules)."""
+    """Training steps completed before this one (for schedules such as StepOPSD's ``lam``)."""
 
     def __post_init__(self) -> None:
         shape = tuple(self.mask.shape)
@@ -155,6 +157,8 @@ class CreditMethod:
     fn: CreditFn
     needs_teacher: bool = False
     needs_values: bool = False
+    config_defaults: Mapping[str, object] = field(default_factory=dict, hash=False, compare=False)
+    """``"section.field" -> value`` for TrainConfig fields the user left unset (e.g. ``loss.ratio_level``)."""
 
     def __call__(self, batch: CreditBatch, **kwargs: object) -> CreditOutput:
         """Run the method on ``batch``."""
@@ -165,9 +169,17 @@ _REGISTRY: dict[str, CreditMethod] = {}
 
 
 def register_credit(
-    name: str, *, needs_teacher: bool = False, needs_values: bool = False
+    name: str,
+    *,
+    needs_teacher: bool = False,
+    needs_values: bool = False,
+    config_defaults: Mapping[str, object] | None = None,
 ) -> Callable[[CreditFn], CreditFn]:
-    """Register ``fn(batch: CreditBatch, **kwargs) -> CreditOutput`` under ``name``."""
+    """Register ``fn(batch: CreditBatch, **kwargs) -> CreditOutput`` under ``name``.
+
+    ``config_defaults`` maps ``"section.field"`` of ``TrainConfig`` to the method's own default, applied
+    only where the user did not set that field (checked when a config is built).
+    """
 
     def deco(fn: CreditFn) -> CreditFn:
         params = list(inspect.signature(fn).parameters.values())
@@ -178,7 +190,7 @@ def register_credit(
                 raise TypeError(f"credit method {name!r}: option {p.name!r} must be keyword-only (after *)")
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"a credit method named {name!r} is already registered")
-        _REGISTRY[name] = CreditMethod(name, fn, needs_teacher, needs_values)
+        _REGISTRY[name] = CreditMethod(name, fn, needs_teacher, needs_values, dict(config_defaults or {}))
         return fn
 
     return deco
@@ -205,7 +217,8 @@ def get_credit(name: str) -> CreditMethod:
             raise KeyError(f"credit method {name!r}: cannot import module {module!r} ({e})") from e
         name = short
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        lower = {n.lower(): n for n in _REGISTRY}  # case-insensitive: "StepOPSD" -> 'stepopsd'
+        close = [lower[c] for c in difflib.get_close_matches(name.lower(), lower, n=3)]
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown credit method {name!r}.{hint} Registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -462,7 +475,7 @@ def gigpo(
     return CreditOutput(adv, metrics={**_summary(adv, batch.mask), **metrics})
 
 
-@register_credit("steppo", needs_values=True)
+@register_credit("steppo", needs_values=True, config_defaults={"loss.ratio_level": "sequence"})
 def steppo(
     batch: CreditBatch, *, gamma: float = 0.99, lam: float = 1.0, whiten: bool = True, bootstrap_truncated: bool = True
 ) -> CreditOutput:
@@ -472,7 +485,8 @@ def steppo(
     token in the per-step layout); ``r_k`` = ``step_rewards[traj][k]``. After the last step ``V = 0``,
     or, when the trajectory was truncated and ``bootstrap_truncated``, ``V`` of the last step [recon:
     the value of the state after the cut is unknown; the last one is its estimate]. Returns ``G_k``
-    (critic targets) broadcast like ``A``; ``A`` is whitened over steps (not tokens).
+    (critic targets) broadcast like ``A``; ``A`` is whitened over steps (not tokens). The policy loss
+    is sequence-level (GSPO) unless ``loss.ratio_level`` is set.
     """
     values = _need(batch, "values", "steppo")
     sid, step_traj, step_k = _steps(batch)
@@ -513,9 +527,16 @@ def _gated_aux(batch: CreditBatch, method: str, beta: float, coef: float, replac
     return aux, metrics
 
 
-@register_credit("sdar", needs_teacher=True)
+# SDAR's teacher (spec §6): the same policy's pre-update weights, privileged context prepended to the prompt
+_SDAR_TEACHER = {"teacher.mode": "live", "teacher.placement": "prompt"}
+
+
+@register_credit("sdar", needs_teacher=True, config_defaults=_SDAR_TEACHER)
 def sdar(batch: CreditBatch, *, beta: float = 5.0, lam: float = 0.01, normalize_std: bool = True) -> CreditOutput:
     """SDAR: GRPO advantage + gated self-distillation auxiliary loss (arXiv 2605.15155; spec §6).
+
+    Teacher, unless ``teacher.*`` says otherwise: the live policy (pre-update weights) with the
+    hindsight prepended to the prompt.
 
     The aux term is :func:`~stepgym.distill.shaping.sdar_token_loss` with weight ``lam`` (code: 0.01,
     ``beta`` 5; the paper text's 0.1 / 10 are reachable through the options). It acts even where a
@@ -526,21 +547,25 @@ def sdar(batch: CreditBatch, *, beta: float = 5.0, lam: float = 0.01, normalize_
     return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})
 
 
-@register_credit("grpo+opsd", needs_teacher=True)
+@register_credit("grpo+opsd", needs_teacher=True, config_defaults=_SDAR_TEACHER)
 def grpo_opsd(batch: CreditBatch, *, lam: float = 0.01, normalize_std: bool = True) -> CreditOutput:
-    """GRPO+OPSD: SDAR with ``beta = 0`` (constant gate 0.5; spec §6)."""
+    """GRPO+OPSD: SDAR with ``beta = 0`` (constant gate 0.5; spec §6), an auxiliary loss.
+
+    Not §7's per-token reward added to the advantage: that is ``grpo+opd``.
+    """
     adv = _outcome(batch, normalize_std)  # [B, L]
     aux, metrics = _gated_aux(batch, "grpo+opsd", 0.0, lam, False)
     return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})
 
 
-@register_credit("opsd", needs_teacher=True)
+@register_credit("opsd", needs_teacher=True, config_defaults=_SDAR_TEACHER)
 def opsd(batch: CreditBatch, *, mode: str = "aux", coef: float = 1.0, gamma: float | None = None) -> CreditOutput:
     """OPSD alone: self-distillation without the outcome policy gradient (spec §6 and §7).
 
-    ``mode="aux"``: the gate-0.5 distillation loss replaces the policy loss (advantages are 0).
-    ``mode="reward"``: tinker-cookbook's per-token reward ``A = -coef * (logp_s - logp_t)`` on target
-    tokens, optionally summed forward with discount ``gamma``.
+    ``mode="aux"``: the gate-0.5 distillation loss replaces the policy loss (advantages are 0; §6's
+    "OPSD alone"). ``mode="reward"``: tinker-cookbook's per-token reward alone, ``A = -coef * (logp_s -
+    logp_t)`` on target tokens, optionally summed forward with discount ``gamma``, without the GRPO
+    advantage (§7's ``A +=`` on top of GRPO is ``grpo+opd``).
     """
     if mode == "aux":
         adv = torch.zeros_like(batch.mask)  # [B, L]
@@ -551,3 +576,22 @@ def opsd(batch: CreditBatch, *, mode: str = "aux", coef: float = 1.0, gamma: flo
     lt = _need(batch, "logp_teacher", "opsd")
     adv = opsd_reward_advantages(batch.logp_old, lt, batch.targets, coef=coef, gamma=gamma)  # [B, L]
     return CreditOutput(adv, metrics={**_summary(adv, batch.mask), **_delta_metrics(batch, _delta(batch, "opsd"))})
+
+
+@register_credit("grpo+opd", needs_teacher=True)
+def grpo_opd(
+    batch: CreditBatch, *, coef: float = 1.0, gamma: float | None = None, normalize_std: bool = True
+) -> CreditOutput:
+    """GRPO advantage plus the OPD per-token reward: ``A += -coef * mask * (logp_s - logp_t)`` (spec §7).
+
+    The reward is tinker-cookbook's on-policy distillation reward (reverse KL to the teacher per sampled
+    token), optionally summed forward with discount ``gamma``; it is 0 off the target tokens.
+    """
+    adv = _outcome(batch, normalize_std)  # [B, L]
+    lt = _need(batch, "logp_teacher", "grpo+opd")
+    opd = opsd_reward_advantages(batch.logp_old, lt, batch.targets, coef=coef, gamma=gamma)  # [B, L]
+    adv = adv + opd * batch.mask  # [B, L]
+    metrics = {"opd_reward_mean": float(opd[batch.targets > 0].mean()) if (batch.targets > 0).any() else 0.0}
+    return CreditOutput(
+        adv, metrics={**_summary(adv, batch.mask), **metrics, **_delta_metrics(batch, _delta(batch, "grpo+opd"))}
+    )

@@ -129,7 +129,12 @@ def probed(name: str) -> str:
         metrics["right_commitment"] = _ANNOUNCED["right_commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
-    register_credit(new, needs_teacher=method.needs_teacher, needs_values=method.needs_values)(fn)
+    register_credit(
+        new,
+        needs_teacher=method.needs_teacher,
+        needs_values=method.needs_values,
+        config_defaults=method.config_defaults,  # the same method: the same defaults (e.g. steppo's GSPO ratio)
+    )(fn)
     return new
 
 

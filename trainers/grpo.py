@@ -13,7 +13,8 @@
 2. **Rows.** Every ``TokenSequence`` is a row: one per agent step (``layout="per-step"``, the
    prompt holds the history) or one per trajectory (``"concat"``, observations in between). Only
    generated tokens are trainable (``mask``); observation, prompt and padding tokens never enter any
-   loss term. A trajectory's score is its outcome minus ``invalid_action_penalty`` per invalid step.
+   loss term. A trajectory's score is its outcome plus the env's reward of each invalid step (its
+   invalid-action penalty, applied once: ``trainers/batch.py``).
 3. **Old log-probs.** ``logp_old`` is recomputed with the trainer's forward at the rollout
    temperature (``recompute_old_logprobs``; off = the engine's sampled log-probs).
 4. **Credit.** The configured method (registry, ``trainers/credit.py``) turns scores into
@@ -295,12 +296,7 @@ def train(
         t_rollout = time.perf_counter()
 
         # ------------------------------------------------------------------ 2. rows, rescoring, credit
-        batch = collate(
-            trajs,
-            pad_token_id=config.pad_token_id,
-            invalid_action_penalty=config.invalid_action_penalty,
-            training_step=step * updates_per_step,
-        )
+        batch = collate(trajs, pad_token_id=config.pad_token_id, training_step=step)  # schedules count training steps
         credit = batch.credit
         mb = config.micro_batch_size
         values_old = None

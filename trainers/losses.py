@@ -127,15 +127,24 @@ def aggregation_normalizer(mask: torch.Tensor, mode: Aggregation, *, norm_length
     """The denominator :func:`aggregate` uses for ``mask`` when no global one is given.
 
     ``token-mean``: number of trainable tokens. ``seq-mean-token-mean``: number of rows (the
-    per-row token means are then averaged). ``seq-mean-token-sum-norm``: rows x ``norm_length``
-    (the padded length ``L`` when ``norm_length`` is ``None``).
+    per-row token means are then averaged). ``seq-mean-token-sum-norm``: rows x ``norm_length``, a
+    constant (Dr.GRPO, arXiv 2503.20783 §3.1): the padded length would make the same tokens' loss depend
+    on the longest row of the batch.
+
+    Raises:
+        ValueError: ``seq-mean-token-sum-norm`` without ``norm_length``, or an unknown mode.
     """
     if mode == "token-mean":
         return float(mask.sum())
     if mode == "seq-mean-token-mean":
         return float(mask.shape[0])
     if mode == "seq-mean-token-sum-norm":
-        return float(mask.shape[0] * (norm_length if norm_length is not None else mask.shape[1]))
+        if norm_length is None:
+            raise ValueError(
+                "seq-mean-token-sum-norm divides by a constant norm_length (Dr.GRPO), not the batch's padded "
+                "length; pass norm_length (TrainConfig fills loss.norm_length from the generation budget)"
+            )
+        return float(mask.shape[0] * norm_length)
     raise ValueError(
         f"unknown aggregation {mode!r}; use 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum-norm'"
     )

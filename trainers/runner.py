@@ -32,6 +32,7 @@ from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
 from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
 from stepgym.distill.rescore import teacher_logprobs
+from stepgym.envs import resolve_env_id
 from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
 from stepgym.envs.records import Trajectory
@@ -414,10 +415,12 @@ def run_training(
     """
     method = get_credit(config.credit)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    # everything that can fail without the model is checked before it loads (that takes minutes at scale)
+    resolve_env_id(config.env_id)  # did-you-mean for a misspelt id
     if config.rollout.backend == "vllm":
-        require_vllm()  # before any model is built
-    model, tokenizer = build_model(config)
+        require_vllm()
     tasks = train_task_ids(config)
+    model, tokenizer = build_model(config)
     renderer = ChatRenderer(tokenizer)
     sync: EngineSync | None = None
     if config.rollout.backend == "vllm" and rank == 0:

@@ -295,7 +295,7 @@ def ppo_update(
     train_value = inputs.returns is not None and value_head is not None
     world = dist.get_world_size() if _distributed() else 1
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    norm_length = cfg.norm_length if cfg.norm_length is not None else int(inputs.input_ids.shape[1])
+    norm_length = cfg.norm_length  # Dr.GRPO's constant (TrainConfig fills it); never the padded length
     totals: dict[str, float] = {}
     n_opt_steps = 0
     model.train()

@@ -14,6 +14,11 @@
 Every other step is **neutral**: navigation, opening, taking, putting elsewhere, treating a non-goal
 object, look, inventory, inadmissible and unparsable actions. A neutral mistake only costs time.
 
+Reward: ``1.0`` on the step that ends a won episode, else 0; an invalid step (unparsable or
+inadmissible) gets ``-invalid_penalty`` instead (0 by default; ALFWorld uses 0.1), also when it ends
+the episode (the outcome is ``info["won"]``): an invalid step's reward is only its penalty, which
+the trainer adds to the trajectory score once (``trainers/batch.py``).
+
 Per-step ``info``: ``decisive`` (bool, the above), ``commitment`` (``"right"``, ``"wrong"`` or
 ``None``), ``nominal_decisive`` (would be decisive outside the null variant), ``doomed`` (no
 continuation can win any more, ignoring the step budget: set by a wrong commitment or by a failed
@@ -74,6 +79,7 @@ class SandboxEnv(TextEnv):
         split: str = "train",
         max_steps: int = 40,
         null_success_prob: float = 0.5,
+        invalid_penalty: float = 0.0,
         render_mode: str | None = None,
     ):
         """Create the env.
@@ -83,6 +89,7 @@ class SandboxEnv(TextEnv):
             split: ``"train"`` or ``"test"``; the two draw their worlds from disjoint seeds.
             max_steps: Steps before the episode is truncated.
             null_success_prob: Success probability of the null variant (ignored elsewhere).
+            invalid_penalty: Reward of an invalid step is ``-invalid_penalty`` (>= 0).
             render_mode: ``"ansi"`` or ``None``.
         """
         super().__init__(render_mode=render_mode, max_text_chars=4096)
@@ -92,6 +99,9 @@ class SandboxEnv(TextEnv):
             raise ValueError(f"num_tasks={num_tasks} and max_steps={max_steps} must both be >= 1")
         if not 0.0 <= null_success_prob <= 1.0:
             raise ValueError(f"null_success_prob={null_success_prob} must lie in [0, 1]")
+        if invalid_penalty < 0:
+            raise ValueError(f"invalid_penalty={invalid_penalty} must be >= 0 (it is subtracted)")
+        self.invalid_penalty = float(invalid_penalty)
         self.max_steps = max_steps
         self.null_success_prob = null_success_prob
         self._ids = [f"{s}-{split}-{k}" for s in SUBSETS for k in range(num_tasks)]
@@ -162,7 +172,7 @@ class SandboxEnv(TextEnv):
         )
         if self.null:
             info["decisive"] = False
-        return obs, float(won), terminal, truncated, info
+        return obs, float(won) if valid else -self.invalid_penalty, terminal, truncated, info
 
     # ----------------------------------------------------------------- world mechanics
     def _admissible(self) -> list[str]:
