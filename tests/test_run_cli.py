@@ -390,3 +390,9 @@ def test_stepgym_is_an_installed_command():
     assert exe, "pip install -e . puts stepgym on PATH ([project.scripts])"
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "train" in r.stdout and "export" in r.stdout
+
+
+def test_export_subcommand_checks_its_source_before_importing_the_exporter(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist; pass a run folder or a step-* folder" in capsys.readouterr().err
+    assert cli.main(["trian"]) == 2 and "did you mean 'train'" in capsys.readouterr().err

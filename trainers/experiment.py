@@ -257,12 +257,17 @@ def check_model_fits(config: TrainConfig, *, training: bool) -> str:
         return f"{name}: size unknown before loading"
     needs_teacher = ":" not in config.credit and get_credit(config.credit).needs_teacher
     copies = int(config.loss.reference != "none") + int(needs_teacher and config.teacher.mode == "snapshot")
-    row = config.max_prompt_tokens + config.sampling.max_new_tokens * (
-        config.max_turns if config.layout == "concat" else 1
-    )
+    generated = config.sampling.max_new_tokens * (config.max_turns if config.layout == "concat" else 1)
+    row = config.max_prompt_tokens + generated
     seq_len = min(row, config.max_total_tokens or row)
     est = M.estimate_memory(
-        shape, config.dtype, training=training, copies=copies, micro_batch=config.micro_batch_size, seq_len=seq_len
+        shape,
+        config.dtype,
+        training=training,
+        copies=copies,
+        micro_batch=config.micro_batch_size,
+        seq_len=seq_len,
+        generated=generated,
     )
     free, where = M.available_memory(getattr(config, "device", "cpu"))
     line = (

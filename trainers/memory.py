@@ -8,7 +8,8 @@ for SmolLM2-135M the vocabulary (49,152) times a 2k-token row is 100M floats per
 
 Activation bytes follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
 Transformer Models", §4.1: ``s·b·h·(34 + 5·a·s/h)`` bytes per layer at 2-byte width (here scaled to
-the run's width, with the attention-score term only for eager attention, which CPU runs use).
+the run's width; the attention-score term only for eager attention: transformers' default ``sdpa``
+keeps no scores).
 ``RUNTIME_BYTES`` is the interpreter, torch and transformers themselves (measured, see
 ``benchmarks/bench_memory.py``).
 """
@@ -120,7 +121,8 @@ def estimate_memory(
     copies: int,
     micro_batch: int = 1,
     seq_len: int = 0,
-    eager_attention: bool = True,
+    generated: int | None = None,
+    eager_attention: bool = False,
 ) -> MemoryEstimate:
     """Bytes of one run (see the module docstring for each part).
 
@@ -131,7 +133,10 @@ def estimate_memory(
         copies: Frozen copies of the weights (KL reference, teacher snapshot).
         micro_batch: Rows per forward/backward.
         seq_len: Longest row in tokens.
-        eager_attention: Attention scores are materialised (``a·s²`` per layer).
+        generated: Scored (generated) tokens per row: the loss runs the LM head on those only
+            (``trainers/update.py``, ``score_mask``); ``None``: every token.
+        eager_attention: Attention scores are materialised (``a·s²`` per layer); transformers' default
+            ``sdpa`` attention does not keep them.
     """
     width = 2 if dtype == "bfloat16" else 4
     p = shape.params
@@ -144,7 +149,8 @@ def estimate_memory(
         acts = per_layer * shape.layers if training else per_layer  # no backward: one layer alive at a time
     if shape.vocab and seq_len:
         # fp32 logits, their log_softmax and (training) the gradient of both
-        logits = micro_batch * seq_len * shape.vocab * 4 * (3 if training else 2)
+        scored = min(seq_len, generated) if generated is not None else seq_len
+        logits = micro_batch * scored * shape.vocab * 4 * (3 if training else 2)
     return MemoryEstimate(weights=weights, activations=acts, logits=logits, runtime=RUNTIME_BYTES)
 
 
