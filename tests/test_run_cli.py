@@ -130,19 +130,38 @@ def test_bad_inputs_say_did_you_mean_and_list_the_choices():
 
 def test_memory_estimate_counts_weights_activations_and_logits():
     shape = M.KNOWN_SHAPES["smollm2-135m"]
-    est = M.estimate_memory(shape, "float32", training=True, copies=1, micro_batch=4, seq_len=1024)
+    est = M.estimate_memory(shape, "float32", training=True, copies=1, micro_batch=4, seq_len=1024, generated=64)
     # weights + frozen copy 4 + 4, gradients 4, AdamW moments 8: 20 bytes per parameter
     assert est.weights == pytest.approx(134.5e6 * 20)
-    # fp32 logits, log_softmax and gradient: 4 rows x 1024 tokens x 49152 vocab x 4 bytes x 3
-    assert est.logits == pytest.approx(4 * 1024 * 49152 * 4 * 3)
-    # Korthikanti §4.1: s b h (34 + 5 a s / h) bytes per layer at width 2, doubled for fp32, 30 layers
-    assert est.activations == pytest.approx(1024 * 4 * 576 * (34 + 5 * 9 * 1024 / 576) * 2 * 30)
+    # fp32 logits, log_softmax and gradient of the generated tokens only: 4 rows x 64 x 49152 vocab x 4 bytes x 3
+    assert est.logits == pytest.approx(4 * 64 * 49152 * 4 * 3)
+    # Korthikanti §4.1: s b h 34 bytes per layer at width 2 (sdpa: no a s^2 score term), doubled for fp32, 30 layers
+    assert est.activations == pytest.approx(1024 * 4 * 576 * 34 * 2 * 30)
+    eager = M.estimate_memory(
+        shape, "float32", training=True, copies=1, micro_batch=4, seq_len=1024, eager_attention=True
+    )
+    assert eager.activations == pytest.approx(1024 * 4 * 576 * (34 + 5 * 9 * 1024 / 576) * 2 * 30)
     assert est.total == pytest.approx(est.weights + est.activations + est.logits + M.RUNTIME_BYTES)
     # evaluation: weights only (no gradient, no optimizer), one layer of activations alive
     ev = M.estimate_memory(shape, "bfloat16", training=False, copies=0, micro_batch=1, seq_len=0)
     assert ev.weights == pytest.approx(134.5e6 * 2) and ev.logits == 0
     # offline, a hub id's size is read from its name: "72B" -> 72e9
     assert M.model_shape("Qwen/Qwen2.5-72B-Instruct") == (M.ModelShape(72e9), "name")
+
+
+def test_memory_guard_gives_a_range_and_refuses_only_what_cannot_fit(monkeypatch):
+    data = X.deep_merge(P.get_preset("smoke", "stepgym/SearchQA-v0").config, {})
+    cfg = TrainConfig(**data, model="smollm2-135m", env_id="stepgym/SearchQA-v0")
+    low = X.estimate_run_memory(cfg, training=True, seq_len=64)  # 2 turns x 32 generated tokens
+    high = X.estimate_run_memory(cfg, training=True)  # prompt cap 1536 + 64
+    assert high.activations == pytest.approx(low.activations * 1600 / 64)
+    line = X.check_model_fits(cfg, training=True)
+    assert f"needs ~{low.total / 2**30:.1f}-{high.total / 2**30:.1f} GiB" in line and "rows of 64-1600 tokens" in line
+    monkeypatch.setattr(M, "available_memory", lambda device: ((low.total + high.total) / 2, "host RAM"))
+    X.check_model_fits(cfg, training=True)  # between the bounds: a warning, not a refusal
+    monkeypatch.setattr(M, "available_memory", lambda device: (low.total * 0.9, "host RAM"))
+    with pytest.raises(X.ExperimentError, match="model too large for this machine"):
+        X.check_model_fits(cfg, training=True)
 
 
 def test_memory_guard_refuses_a_model_too_large_before_loading():

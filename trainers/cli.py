@@ -562,16 +562,14 @@ def _envs(argv: Sequence[str]) -> int:
     p.add_argument("--all", action="store_true", help="Every id in gym.registry, not only stepgym's and adapters'")
     args = p.parse_args(argv)
     import gymnasium as gym
-    import stepgym.envs  # noqa: F401 -- registers the built-in ids
+    from stepgym.trainers.experiment import stepgym_env_ids
 
-    if importlib.util.find_spec("stepgym.envs.adapters") is not None:
-        importlib.import_module("stepgym.envs.adapters")  # registers the adapter ids (string entry points)
+    ours_ids = set(stepgym_env_ids())
     alias: dict[str, str] = {}
     for short, full in P.ENV_ALIASES.items():
         alias.setdefault(full, short)
     for env_id in sorted(gym.registry):
-        entry = gym.registry[env_id].entry_point
-        ours = env_id.startswith("stepgym/") or (isinstance(entry, str) and entry.startswith("stepgym."))
+        ours = env_id in ours_ids
         if not (ours or args.all):
             continue
         line = env_id + (f"  (--env {alias[env_id]})" if env_id in alias else "")

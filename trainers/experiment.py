@@ -144,6 +144,20 @@ def did_you_mean(kind: str, name: str, choices: Sequence[str], extra: str = "") 
     return ExperimentError(f"unknown {kind} {name!r}; {hint}choose from: {', '.join(choices)}{extra}")
 
 
+def stepgym_env_ids() -> list[str]:
+    """Registered ids of stepgym's envs and of its adapters (``stepgym.envs.adapters``, when present)."""
+    import gymnasium as gym
+    import stepgym.envs  # noqa: F401 -- registers the built-in ids
+
+    if importlib.util.find_spec("stepgym.envs.adapters") is not None:
+        importlib.import_module("stepgym.envs.adapters")  # registers the adapter ids (string entry points)
+    return sorted(
+        k
+        for k, spec in gym.registry.items()
+        if k.startswith("stepgym/") or (isinstance(spec.entry_point, str) and spec.entry_point.startswith("stepgym."))
+    )
+
+
 def resolve_env(name: str) -> str:
     """An env name -> the env id to run (aliases, ids, ``module:id``; :func:`stepgym.envs.resolve_env_id`).
 
@@ -151,6 +165,7 @@ def resolve_env(name: str) -> str:
     """
     from stepgym.envs import EnvIdError, resolve_env_id
 
+    stepgym_env_ids()  # adapter ids join the registry
     try:
         return resolve_env_id(name, P.ENV_ALIASES)
     except EnvIdError as e:
@@ -243,24 +258,24 @@ def _use_default_data_dir() -> None:
 
 
 # =========================================================================== memory guard
-def check_model_fits(config: TrainConfig, *, training: bool) -> str:
-    """Refuse a model too large for this machine before loading it; returns a one-line estimate.
+def estimate_run_memory(config: TrainConfig, *, training: bool, seq_len: int | None = None) -> M.MemoryEstimate | None:
+    """Bytes ``config`` needs with rows of ``seq_len`` tokens (``None``: the longest the config allows).
 
-    Counts weights, gradients, AdamW moments, frozen copies, and one micro-batch of activations and
-    logits at the longest row the config allows (:mod:`stepgym.trainers.memory`).
+    Frozen copies: the KL reference (``loss.reference != "none"``) and the teacher snapshot of methods
+    with ``needs_teacher``; the loss scores the generated tokens of a row only.
     """
     from stepgym.trainers.credit import get_credit
 
-    name = config.model
-    shape, source = M.model_shape(name)
+    shape, _ = M.model_shape(config.model)
     if shape is None:
-        return f"{name}: size unknown before loading"
+        return None
     needs_teacher = ":" not in config.credit and get_credit(config.credit).needs_teacher
     copies = int(config.loss.reference != "none") + int(needs_teacher and config.teacher.mode == "snapshot")
     generated = config.sampling.max_new_tokens * (config.max_turns if config.layout == "concat" else 1)
-    row = config.max_prompt_tokens + generated
-    seq_len = min(row, config.max_total_tokens or row)
-    est = M.estimate_memory(
+    if seq_len is None:
+        row = config.max_prompt_tokens + generated
+        seq_len = min(row, config.max_total_tokens or row)
+    return M.estimate_memory(
         shape,
         config.dtype,
         training=training,
@@ -269,17 +284,43 @@ def check_model_fits(config: TrainConfig, *, training: bool) -> str:
         seq_len=seq_len,
         generated=generated,
     )
+
+
+def check_model_fits(config: TrainConfig, *, training: bool) -> str:
+    """Refuse a run too large for this machine before loading the model; returns a one-line estimate.
+
+    Counts weights, gradients, AdamW moments, frozen copies, and one micro-batch of activations and
+    logits (:mod:`stepgym.trainers.memory`) for two row lengths: rows holding only their generated
+    tokens (the least any run needs: above free memory, the run is refused) and rows at the prompt and
+    token caps (the most; above free memory, a warning: real rows are usually far shorter, e.g. 274
+    tokens against a 1,600-token cap in the Search-QA smoke run, ``benchmarks/README.md``).
+    """
+    shape, source = M.model_shape(config.model)
+    generated = config.sampling.max_new_tokens * (config.max_turns if config.layout == "concat" else 1)
+    low = estimate_run_memory(config, training=training, seq_len=generated)
+    high = estimate_run_memory(config, training=training)
+    if shape is None or low is None or high is None:
+        return f"{config.model}: size unknown before loading"
     free, where = M.available_memory(getattr(config, "device", "cpu"))
+    gib = 2**30
     line = (
-        f"{name}: ~{shape.params / 1e6:,.0f}M parameters ({source}), needs ~{est.total / 2**30:.1f} GiB "
-        f"(weights+optimizer {est.weights / 2**30:.1f}, activations {est.activations / 2**30:.1f}, "
-        f"logits {est.logits / 2**30:.1f}, runtime {est.runtime / 2**30:.1f}), {free / 2**30:.1f} GiB free ({where})"
+        f"{config.model}: ~{shape.params / 1e6:,.0f}M parameters ({source}), needs ~{low.total / gib:.1f}-"
+        f"{high.total / gib:.1f} GiB (weights+optimizer {high.weights / gib:.1f}, activations+logits "
+        f"{(low.activations + low.logits) / gib:.1f}-{(high.activations + high.logits) / gib:.1f} for rows of "
+        f"{generated}-{int(config.max_prompt_tokens + generated)} tokens, runtime {high.runtime / gib:.1f}), "
+        f"{free / gib:.1f} GiB free ({where})"
     )
-    if est.total > free:
+    if low.total > free:
         raise ExperimentError(
             f"model too large for this machine: {line}. Use a smaller --model (smollm2-135m, tiny), "
             "--dtype bfloat16, --lora.enabled, a smaller --micro_batch_size, --eval-only, or a GPU machine "
             "(the paper preset expects one)"
+        )
+    if high.total > free:
+        logger.warning(
+            "rows at the caps would need more than the %.1f GiB free; lower --max_prompt_tokens or "
+            "--micro_batch_size if the run runs out of memory",
+            free / gib,
         )
     return line
 
