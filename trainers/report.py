@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stepgym.trainers.evaluate import mean_std
 from stepgym.trainers.presets import env_attribute
 
 __all__ = [
@@ -170,6 +169,8 @@ def aggregate(per_seed: Sequence[Mapping[str, Mapping[str, Mapping[str, Any]]]])
     Returns:
         ``{split: {subset: {"mean", "std", "n", "seeds", "values", "f1_mean"}}}`` with ``avg`` last.
     """
+    from stepgym.trainers.evaluate import mean_std  # here: the CLI imports this module before any env or agent
+
     out: dict[str, dict[str, Any]] = {}
     splits = list(dict.fromkeys(s for seed in per_seed for s in seed))
     for split in splits:
