@@ -194,6 +194,17 @@ def test_data_found_beside_the_checkout_when_nothing_else_is_set(tmp_path, monke
     assert X.default_data_dir() is None
 
 
+def test_data_found_message_is_info_not_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(X, "default_data_dir", lambda: str(tmp_path))
+    monkeypatch.delenv("STEPGYM_DATA", raising=False)
+    # the CLI prints this logger's lines itself (propagate off) once it has run in this process
+    monkeypatch.setattr(X.logger, "propagate", True)
+    with caplog.at_level("INFO", logger="stepgym.trainers.experiment"):
+        X._use_default_data_dir()
+    (rec,) = [r for r in caplog.records if "data: using" in r.message]
+    assert rec.levelname == "INFO" and os.environ["STEPGYM_DATA"] == str(tmp_path)
+
+
 # =========================================================================== reports
 def _res(success, n=4, f1=None):
     return {"success": success, "n": n, "f1": f1, "outcome": success, "num_steps": 1.0}
