@@ -406,6 +406,9 @@ def test_config_file_json_or_yaml_under_flag_overrides(tmp_path):
     assert over == {"sampling": {"top_p": 0.9, "max_new_tokens": 40}}  # the flag wins, the file's other keys stay
     args, run, over = cli._parse("train", ["--config", str(tmp_path / "c.json")], "t")
     assert run == {"env": "stepgym/Sandbox-Two-v0", "seeds": [3]} and over == {"group_size": 5}
+    gym_syntax = ["--env", "thirdparty_env:thirdparty/GuessDigit-v0"]
+    _, _, over = cli._parse("train", ["--env-kwargs", '{"topk": 3}', *gym_syntax], "t")
+    assert over == {"env_kwargs": {"topk": 3}}
     # searchqa sugar for the remote retriever (issue 21)
     _, _, over = cli._parse("train", ["--retriever", "remote", "--retriever-url", "http://127.0.0.1:1"], "t")
     assert over == {"env_kwargs": {"retriever": "remote", "retriever_url": "http://127.0.0.1:1"}}
