@@ -429,3 +429,27 @@ def test_export_subcommand_checks_its_source_before_importing_the_exporter(tmp_p
     assert cli.main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist; pass a run folder or a step-* folder" in capsys.readouterr().err
     assert cli.main(["trian"]) == 2 and "did you mean 'train'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~35 s CPU (2 min wall at load 11); the subprocess smoke runs cover the same code by default
+def test_run_experiment_from_python_then_rerun_resumes_and_reuses_the_evaluation(tmp_path):
+    exp = X.ExperimentConfig(
+        env="sandbox",
+        model="tiny",
+        out=str(tmp_path / "sb"),
+        eval_tasks=1,
+        overrides={"total_steps": 1, "group_size": 2, "max_turns": 2, "sampling": {"max_new_tokens": 8}},
+    )
+    first = X.run_experiment(exp, progress=False)
+    assert first.status == "complete" and first.out == tmp_path / "sb"
+    saved = json.loads((first.out / "results.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(first.summary["results"]))  # the file is the returned summary
+    assert list(saved["results"]["greedy"]["test"]) == ["clean", "heat", "cool", "avg"]  # the env's declared order
+    assert saved["metric"] == "success" and saved["training"]["0"]["final_step"] == 1
+    assert "| **avg** |" in first.table and {f.name for f in first.files} >= {"results.json", "table.md"}
+    eval_cache = first.out / "seed0" / "eval.json"
+    stamp = eval_cache.stat().st_mtime_ns
+    again = X.run_experiment(exp, progress=False)  # nothing left to train; the evaluation is reused, not rerun
+    assert again.summary["training"]["0"]["resumed_from"] == 1
+    assert again.summary["per_seed"] == first.summary["per_seed"]
+    assert eval_cache.stat().st_mtime_ns == stamp
