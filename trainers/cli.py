@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -628,7 +629,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"stepgym: error: {did_you_mean('command', cmd, COMMANDS)}\n")
         return 2
     if cmd == "envs":
-        return _envs(rest)
+        try:
+            return _envs(rest)
+        except BrokenPipeError:  # `stepgym envs | head`: the reader left early (the Python docs' recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if cmd == "export":
         return _export(rest)
     prog = f"stepgym {cmd}"
