@@ -7,7 +7,7 @@ does, without the final evaluation whose peak is lower) and reports its peak RSS
 the longest token row it trained on. The parent compares with
 :func:`stepgym.trainers.experiment.check_model_fits`' estimate (:mod:`stepgym.trainers.memory`).
 
-    OMP_NUM_THREADS=2 STEPGYM_DATA=../shared/data python benchmarks/bench_memory.py
+    OMP_NUM_THREADS=1 STEPGYM_DATA=../shared/data python benchmarks/bench_memory.py
 """
 
 from __future__ import annotations
