@@ -88,10 +88,15 @@ class TextEnv(gym.Env[str, str]):
     Attributes:
         protocol: Instructions that tell an agent how to write actions (used in prompts).
         max_action_chars: Raw action text beyond this many characters is cut before parsing.
+        subsets: The evaluation subsets in the order papers report them (optional; reports sort
+            subsets by it, unknown ones last). Read from the class like ``protocol``.
+        headline_metric: Column name of the env's success measure in reports (``"EM"`` for QA).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
     protocol: ClassVar[str] = ""
+    subsets: ClassVar[tuple[str, ...]] = ()
+    headline_metric: ClassVar[str] = "success"
     max_action_chars: ClassVar[int] = 20_000
 
     def __init__(self, render_mode: str | None = None, max_text_chars: int = 1_000_000):

@@ -1,4 +1,5 @@
-"""benchmarks/run.py: the CLI generated from TrainConfig, input validation, reports, and subprocess smoke runs."""
+"""The main job (stepgym.trainers.experiment / cli, benchmarks/run.py): flags from TrainConfig, validation, reports,
+subprocess smoke runs."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from stepgym.trainers import cli
+from stepgym.trainers import experiment as X
+from stepgym.trainers import memory as M
+from stepgym.trainers import presets as P
+from stepgym.trainers import report as R
+from stepgym.trainers.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import presets as P  # noqa: E402
-import report as R  # noqa: E402
-import run as cli  # noqa: E402
-from stepgym.trainers.config import TrainConfig  # noqa: E402
 
 SEARCHQA_SUBSETS = ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"]
 ALFWORLD_SUBSETS = ["pick", "look", "clean", "heat", "cool", "pick_two"]
@@ -83,7 +84,7 @@ def test_overrides_nested_and_typed_and_merged_over_the_preset():
         "credit": "grpo",
     }
     preset = P.get_preset("smoke", "stepgym/SearchQA-v0")
-    merged = cli.deep_merge(preset.config, over)
+    merged = X.deep_merge(preset.config, over)
     # flags win, the preset's other keys stay (dict-valued fields merge key by key)
     assert merged["env_kwargs"] == {"split": "train", "retriever": "bm25", "max_turns": 2, "topk": 5}
     assert merged["sampling"] == {"max_new_tokens": 32, "top_p": 0.9}
@@ -111,58 +112,97 @@ def test_presets_build_valid_configs_for_every_env_family():
 
 # =========================================================================== validation
 def test_bad_inputs_say_did_you_mean_and_list_the_choices():
-    with pytest.raises(cli.CliError, match=r"unknown env 'serchqa'; did you mean 'searchqa'\? use an alias \(searchqa"):
-        cli.resolve_env("serchqa")
-    assert cli.resolve_env("alfworld") == "stepgym/ALFWorld-v0"
+    with pytest.raises(X.ExperimentError, match=r"unknown env 'serchqa'; did you mean 'searchqa'\? use an alias"):
+        X.resolve_env("serchqa")
+    assert X.resolve_env("alfworld") == "stepgym/ALFWorld-v0"
     # Gymnasium's module:EnvId form is kept, so every process (pool workers, --eval-only) imports the module
-    assert cli.resolve_env("thirdparty_env:thirdparty/GuessDigit-v0") == "thirdparty_env:thirdparty/GuessDigit-v0"
-    with pytest.raises(cli.CliError, match=r"unknown method 'stepopsdd'; did you mean 'stepopsd'.*choose from: .*grpo"):
-        cli.resolve_method("stepopsdd")
-    with pytest.raises(cli.CliError, match=r"unknown model 'smolm2'; did you mean 'smollm2-135m'"):
-        cli.resolve_model("smolm2")
-    with pytest.raises(cli.CliError, match=r"looks like a local path but there is no model folder"):
-        cli.resolve_model("./no/such/model")
-    assert cli.resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
-    with pytest.raises(cli.CliError, match=r"unknown subset 'triviaqaa'; did you mean 'triviaqa'"):
-        cli.resolve_subsets(["nq", "triviaqaa"], SEARCHQA_SUBSETS)
+    assert X.resolve_env("thirdparty_env:thirdparty/GuessDigit-v0") == "thirdparty_env:thirdparty/GuessDigit-v0"
+    with pytest.raises(X.ExperimentError, match=r"unknown method 'stepopsdd'; did you mean 'stepopsd'.*from: .*grpo"):
+        X.resolve_method("stepopsdd")
+    with pytest.raises(X.ExperimentError, match=r"unknown model 'smolm2'; did you mean 'smollm2-135m'"):
+        X.resolve_model("smolm2")
+    with pytest.raises(X.ExperimentError, match=r"looks like a local path but there is no model folder"):
+        X.resolve_model("./no/such/model")
+    assert X.resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    with pytest.raises(X.ExperimentError, match=r"unknown subset 'triviaqaa'; did you mean 'triviaqa'"):
+        X.resolve_subsets(["nq", "triviaqaa"], SEARCHQA_SUBSETS)
 
 
-def test_memory_estimate_refuses_a_model_too_large_before_loading():
-    # bf16 training with two frozen copies: weights 2 + grads 2 + AdamW moments 8 + copies 2*2 = 16 bytes
-    # per parameter, times the 1.2 headroom: 1e9 parameters -> 19.2e9 bytes
-    assert cli.memory_needed(1e9, "bfloat16", training=True, copies=2) == pytest.approx(19.2e9)
-    # evaluation in fp32: 4 bytes x 1.2
-    assert cli.memory_needed(1e9, "float32", training=False, copies=0) == pytest.approx(4.8e9)
-    # offline, the hub id's size is read from its name: "72B" -> 72e9
-    assert cli.estimate_params("Qwen/Qwen2.5-72B-Instruct") == (72e9, "name")
-    with pytest.raises(cli.CliError, match=r"model too large for this machine: .*72,000M parameters"):
-        cli.check_model_fits("Qwen/Qwen2.5-72B-Instruct", "bfloat16", "cpu", training=True, copies=1)
+def test_memory_estimate_counts_weights_activations_and_logits():
+    shape = M.KNOWN_SHAPES["smollm2-135m"]
+    est = M.estimate_memory(shape, "float32", training=True, copies=1, micro_batch=4, seq_len=1024, generated=64)
+    # weights + frozen copy 4 + 4, gradients 4, AdamW moments 8: 20 bytes per parameter
+    assert est.weights == pytest.approx(134.5e6 * 20)
+    # fp32 logits, log_softmax and gradient of the generated tokens only: 4 rows x 64 x 49152 vocab x 4 bytes x 3
+    assert est.logits == pytest.approx(4 * 64 * 49152 * 4 * 3)
+    # Korthikanti §4.1: s b h 34 bytes per layer at width 2 (sdpa: no a s^2 score term), doubled for fp32, 30 layers
+    assert est.activations == pytest.approx(1024 * 4 * 576 * 34 * 2 * 30)
+    eager = M.estimate_memory(
+        shape, "float32", training=True, copies=1, micro_batch=4, seq_len=1024, eager_attention=True
+    )
+    assert eager.activations == pytest.approx(1024 * 4 * 576 * (34 + 5 * 9 * 1024 / 576) * 2 * 30)
+    assert est.total == pytest.approx(est.weights + est.activations + est.logits + M.RUNTIME_BYTES)
+    # evaluation: weights only (no gradient, no optimizer), one layer of activations alive
+    ev = M.estimate_memory(shape, "bfloat16", training=False, copies=0, micro_batch=1, seq_len=0)
+    assert ev.weights == pytest.approx(134.5e6 * 2) and ev.logits == 0
+    # offline, a hub id's size is read from its name: "72B" -> 72e9
+    assert M.model_shape("Qwen/Qwen2.5-72B-Instruct") == (M.ModelShape(72e9), "name")
+
+
+def test_memory_guard_gives_a_range_and_refuses_only_what_cannot_fit(monkeypatch):
+    data = X.deep_merge(P.get_preset("smoke", "stepgym/SearchQA-v0").config, {})
+    cfg = TrainConfig(**data, model="smollm2-135m", env_id="stepgym/SearchQA-v0")
+    low = X.estimate_run_memory(cfg, training=True, seq_len=64)  # 2 turns x 32 generated tokens
+    high = X.estimate_run_memory(cfg, training=True)  # prompt cap 1536 + 64
+    assert high.activations == pytest.approx(low.activations * 1600 / 64)
+    line = X.check_model_fits(cfg, training=True)
+    assert f"needs ~{low.total / 2**30:.1f}-{high.total / 2**30:.1f} GiB" in line and "rows of 64-1600 tokens" in line
+    monkeypatch.setattr(M, "available_memory", lambda device: ((low.total + high.total) / 2, "host RAM"))
+    X.check_model_fits(cfg, training=True)  # between the bounds: a warning, not a refusal
+    monkeypatch.setattr(M, "available_memory", lambda device: (low.total * 0.9, "host RAM"))
+    with pytest.raises(X.ExperimentError, match="model too large for this machine"):
+        X.check_model_fits(cfg, training=True)
+
+
+def test_memory_guard_refuses_a_model_too_large_before_loading():
+    cfg = TrainConfig(model="Qwen/Qwen2.5-72B-Instruct", env_id="stepgym/Sandbox-One-v0", dtype="bfloat16")
+    with pytest.raises(X.ExperimentError, match=r"model too large for this machine: .*72,000M parameters"):
+        X.check_model_fits(cfg, training=True)
 
 
 def test_missing_data_and_paper_preset_on_this_machine_fail_with_the_fix(capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--env", "searchqa", "--model", "tiny", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
-    assert e.value.code == 2
+    code = cli.run_main(
+        ["--env", "searchqa", "--model", "tiny", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]
+    )
+    assert code == 2
     assert "Could not find the 'searchqa' data folder" in capsys.readouterr().err
-    # the paper preset's Qwen2.5-3B (size from its name offline) needs ~57.6 GB to train: refused before loading
-    # unless this machine has that much free memory
-    need = cli.memory_needed(3e9, "bfloat16", training=True, copies=2)
-    assert need == pytest.approx(3e9 * (2 + 2 + 8 + 4) * 1.2)
-    if cli.available_memory("auto")[0] < need:
-        with pytest.raises(SystemExit) as e:
-            cli.main(["--env", "searchqa", "--preset", "paper", "--out", str(tmp_path)])
-        assert e.value.code == 2 and "model too large for this machine" in capsys.readouterr().err
+    # the paper preset's Qwen2.5-3B (size from its name offline) needs > 3e9 x 16 bytes to train: refused before
+    # loading unless this machine has that much free memory
+    if M.available_memory("auto")[0] < 3e9 * 16:
+        assert cli.run_main(["--env", "searchqa", "--preset", "paper", "--out", str(tmp_path)]) == 2
+        assert "model too large for this machine" in capsys.readouterr().err
 
 
 def test_data_found_beside_the_checkout_when_nothing_else_is_set(tmp_path, monkeypatch):
     # a fresh clone next to shared/data (the README quickstart layout), no $STEPGYM_DATA, no cache
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    monkeypatch.setattr(cli, "REPO", tmp_path / "stepgym")
+    monkeypatch.setattr(X, "REPO", tmp_path / "stepgym")
     monkeypatch.delenv("STEPGYM_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cli._default_data_dir() == str(tmp_path / "shared" / "data")
+    assert X.default_data_dir() == str(tmp_path / "shared" / "data")
     monkeypatch.setenv("STEPGYM_DATA", "/elsewhere")  # an explicit choice wins
-    assert cli._default_data_dir() is None
+    assert X.default_data_dir() is None
+
+
+def test_data_found_message_is_info_not_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(X, "default_data_dir", lambda: str(tmp_path))
+    monkeypatch.delenv("STEPGYM_DATA", raising=False)
+    # the CLI prints this logger's lines itself (propagate off) once it has run in this process
+    monkeypatch.setattr(X.logger, "propagate", True)
+    with caplog.at_level("INFO", logger="stepgym.trainers.experiment"):
+        X._use_default_data_dir()
+    (rec,) = [r for r in caplog.records if "data: using" in r.message]
+    assert rec.levelname == "INFO" and os.environ["STEPGYM_DATA"] == str(tmp_path)
 
 
 # =========================================================================== reports
@@ -290,3 +330,126 @@ def test_ctrl_c_writes_checkpoint_and_partial_results_then_rerun_resumes(tmp_pat
     assert done["training"]["0"]["resumed_from"] == stopped_at and done["training"]["0"]["final_step"] == 3
     steps = [row["step"] for row in R.read_metrics(metrics)]
     assert steps == [1, 2, 3]  # each step logged once across the two runs
+
+
+# =========================================================================== installed CLI
+def _timed_cli(args):
+    """Run ``stepgym`` in a fresh interpreter; returns (result, CPU seconds of the child, modules it imported)."""
+    import resource
+
+    code = (
+        "import sys; from stepgym.trainers.cli import main; rc = main(sys.argv[1:]); "
+        "sys.stderr.write('\\nIMPORTED ' + ' '.join(m for m in ('torch', 'transformers') if m in sys.modules)); "
+        "sys.exit(rc)"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    imported = r.stderr.rsplit("IMPORTED", 1)[-1].split()
+    return r, cpu, wall, imported
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--env", "serchqa"], "unknown env 'serchqa'; did you mean 'searchqa'?"),
+        (["train", "--env", "sandbox", "--method", "stepopsdd"], "unknown method 'stepopsdd'; did you mean 'stepopsd'"),
+        (["eval", "--env", "alfwrld", "--checkpoint", "x"], "unknown env 'alfwrld'; did you mean 'alfworld'?"),
+    ],
+)
+def test_argument_errors_come_before_torch_within_2_s(args, message):
+    r, cpu, wall, imported = _timed_cli(args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert imported == []  # neither torch nor transformers was imported
+    # CPU seconds, not wall time: this machine is shared, so wall time measures the neighbours (printed for the log)
+    print(f"{args}: {cpu:.2f} s CPU, {wall:.2f} s wall")
+    assert cpu < 2.0
+
+
+def test_help_shows_the_chosen_presets_value_and_groups_by_section():
+    r, cpu, _, imported = _timed_cli(["train", "--env", "alfworld", "--help"])
+    assert r.returncode == 0 and imported == [] and cpu < 2.0
+    text = " ".join(r.stdout.split())
+    assert "--sampling.max_new_tokens INT Most tokens generated for one agent step. (default: 512; smoke preset for " \
+        "stepgym/ALFWorld-v0: 24)" in text  # fmt: skip
+    assert "config: sampling: How the rollout engine decodes during training." in text
+    paper = " ".join(cli.build_parser("train", env="stepgym/SearchQA-v0", preset="paper").format_help().split())
+    assert "update). (default: 150) --checkpoint_every" in paper  # the paper preset's 150 steps = the default: once
+    assert "(default: 512; paper preset for stepgym/SearchQA-v0: 500)" in paper
+
+
+def test_envs_lists_every_stepgym_id_with_its_subsets_and_metric(capsys):
+    import gymnasium as gym
+
+    assert cli.main(["envs"]) == 0
+    out = capsys.readouterr().out
+    for env_id in (k for k in gym.registry if k.startswith("stepgym/")):
+        assert env_id in out
+    assert "stepgym/SearchQA-v0  (--env searchqa)  subsets: nq, triviaqa, popqa, hotpotqa" in out
+    assert "metric: EM" in out and "stepgym/Sandbox-One-v0  (--env sandbox)" in out
+
+
+def test_credit_names_read_from_source_match_the_registry():
+    from stepgym.trainers.credit import list_credits
+
+    assert cli.credit_names_from_source() == list_credits()
+
+
+def test_config_file_json_or_yaml_under_flag_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("env: alfworld\nseeds: [1, 2]\nsampling:\n  top_p: 0.8\n  max_new_tokens: 40\n")
+    (tmp_path / "c.json").write_text(json.dumps({"env_id": "stepgym/Sandbox-Two-v0", "seed": 3, "group_size": 5}))
+    args, run, over = cli._parse("train", ["--config", str(tmp_path / "c.yaml"), "--sampling.top_p", "0.9"], "t")
+    assert run == {"env": "alfworld", "seeds": [1, 2]}
+    assert over == {"sampling": {"top_p": 0.9, "max_new_tokens": 40}}  # the flag wins, the file's other keys stay
+    args, run, over = cli._parse("train", ["--config", str(tmp_path / "c.json")], "t")
+    assert run == {"env": "stepgym/Sandbox-Two-v0", "seeds": [3]} and over == {"group_size": 5}
+    gym_syntax = ["--env", "thirdparty_env:thirdparty/GuessDigit-v0"]
+    _, _, over = cli._parse("train", ["--env-kwargs", '{"topk": 3}', *gym_syntax], "t")
+    assert over == {"env_kwargs": {"topk": 3}}
+    # searchqa sugar for the remote retriever (issue 21)
+    _, _, over = cli._parse("train", ["--retriever", "remote", "--retriever-url", "http://127.0.0.1:1"], "t")
+    assert over == {"env_kwargs": {"retriever": "remote", "retriever_url": "http://127.0.0.1:1"}}
+    with pytest.raises(X.ExperimentError, match="no such file"):
+        cli._parse("train", ["--config", str(tmp_path / "none.yaml")], "t")
+
+
+def test_stepgym_is_an_installed_command():
+    import shutil
+
+    exe = shutil.which("stepgym", path=str(Path(sys.executable).parent))
+    assert exe, "pip install -e . puts stepgym on PATH ([project.scripts])"
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "train" in r.stdout and "export" in r.stdout
+
+
+def test_export_subcommand_checks_its_source_before_importing_the_exporter(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist; pass a run folder or a step-* folder" in capsys.readouterr().err
+    assert cli.main(["trian"]) == 2 and "did you mean 'train'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~35 s CPU (2 min wall at load 11); the subprocess smoke runs cover the same code by default
+def test_run_experiment_from_python_then_rerun_resumes_and_reuses_the_evaluation(tmp_path):
+    exp = X.ExperimentConfig(
+        env="sandbox",
+        model="tiny",
+        out=str(tmp_path / "sb"),
+        eval_tasks=1,
+        overrides={"total_steps": 1, "group_size": 2, "max_turns": 2, "sampling": {"max_new_tokens": 8}},
+    )
+    first = X.run_experiment(exp, progress=False)
+    assert first.status == "complete" and first.out == tmp_path / "sb"
+    saved = json.loads((first.out / "results.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(first.summary["results"]))  # the file is the returned summary
+    assert list(saved["results"]["greedy"]["test"]) == ["clean", "heat", "cool", "avg"]  # the env's declared order
+    assert saved["metric"] == "success" and saved["training"]["0"]["final_step"] == 1
+    assert "| **avg** |" in first.table and {f.name for f in first.files} >= {"results.json", "table.md"}
+    eval_cache = first.out / "seed0" / "eval.json"
+    stamp = eval_cache.stat().st_mtime_ns
+    again = X.run_experiment(exp, progress=False)  # nothing left to train; the evaluation is reused, not rerun
+    assert again.summary["training"]["0"]["resumed_from"] == 1
+    assert again.summary["per_seed"] == first.summary["per_seed"]
+    assert eval_cache.stat().st_mtime_ns == stamp

@@ -13,10 +13,12 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
-from stepgym.trainers.credit import CreditMethod, check_credit_kwargs
+
+if TYPE_CHECKING:  # the registry needs torch; the CLI builds its flags from these classes before torch loads
+    from stepgym.trainers.credit import CreditMethod
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -314,7 +316,10 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        # imported here, not at the top: the credit registry needs torch, and the CLI builds its flags from
+        # these classes before torch is imported (argument errors must come within 2 s)
         from stepgym.distill.hindsight import HINDSIGHT_BUILDERS
+        from stepgym.trainers.credit import check_credit_kwargs
 
         unknown = [h for h in self.teacher.hindsight if h not in HINDSIGHT_BUILDERS]
         if unknown:

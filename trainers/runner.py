@@ -346,9 +346,14 @@ def evaluate_model(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     pool: EnvPool | None = None,
+    policy: Any = None,
 ) -> tuple[dict[str, SubsetResult], list[Trajectory]]:
-    """One episode per task with ``model`` (greedy when ``temperature == 0``), aggregated per subset."""
-    policy = HFPolicy(model, tokenizer, seed=seed)
+    """One episode per task with ``model`` (greedy when ``temperature == 0``), aggregated per subset.
+
+    ``policy`` replaces the transformers policy over ``model`` (e.g. an :class:`~stepgym.agents.openai.OpenAIPolicy`
+    of a served model; ``model`` is then unused and ``tokenizer`` only renders the prompts).
+    """
+    policy = policy if policy is not None else HFPolicy(model, tokenizer, seed=seed)
     return evaluate(
         policy,
         ChatRenderer(tokenizer),

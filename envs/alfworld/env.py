@@ -174,6 +174,7 @@ class ALFWorldEnv(TextEnv):
         "<action></action> tags, for example <action>go to desk 1</action>. The command must be one of "
         "the admissible actions of the current step, copied exactly."
     )
+    subsets: ClassVar[tuple[str, ...]] = SUBSETS
 
     def __init__(
         self,

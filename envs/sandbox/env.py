@@ -72,6 +72,7 @@ class SandboxEnv(TextEnv):
         "close X, take OBJ from X, put OBJ in/on X, heat OBJ with microwave 1, cool OBJ with fridge 1, "
         "clean OBJ with sinkbasin 1, look, inventory."
     )
+    subsets: ClassVar[tuple[str, ...]] = SUBSETS
 
     def __init__(
         self,

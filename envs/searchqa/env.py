@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from stepgym.envs.base import TextEnv, parse_tagged_action
-from stepgym.envs.searchqa.data import Collection, Passage, Question, load_collection, load_questions
+from stepgym.envs.searchqa.data import SUBSETS, Collection, Passage, Question, load_collection, load_questions
 from stepgym.envs.searchqa.metrics import best_em_f1
 from stepgym.envs.searchqa.retrievers import Retriever, clean_query, get_retriever
 
@@ -68,6 +68,8 @@ class SearchQAEnv(TextEnv):
         "When you know the answer, write it inside <answer> and </answer> with no explanation, "
         "e.g. <answer>Beijing</answer>. Write exactly one <search> or <answer> per turn."
     )
+    subsets: ClassVar[tuple[str, ...]] = SUBSETS
+    headline_metric: ClassVar[str] = "EM"
 
     def __init__(
         self,

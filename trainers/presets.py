@@ -1,4 +1,4 @@
-"""Presets of ``benchmarks/run.py``: the ``smoke`` (2-core CPU, minutes) and ``paper`` (GPU) settings per env.
+"""Presets of the main job: the ``smoke`` (2-core CPU, minutes) and ``paper`` (GPU) settings per env.
 
 A preset is a set of :class:`~stepgym.trainers.config.TrainConfig` overrides (nested dicts for the
 sections) plus what the runner does around training: which evaluation splits it reports and how
@@ -17,10 +17,12 @@ from typing import Any
 
 __all__ = [
     "ENV_ALIASES",
+    "ENV_FAMILIES",
     "PAPER_NOTES",
     "PRESETS",
     "EvalSplit",
     "Preset",
+    "env_attribute",
     "env_family",
     "get_preset",
 ]
@@ -64,16 +66,34 @@ class Preset:
     """Model used when ``--model`` is not given (``None``: the best small local model)."""
 
 
+ENV_FAMILIES: dict[str, str] = {
+    "stepgym/SearchQA-v0": "searchqa",
+    "stepgym/ALFWorld-v0": "alfworld",
+    "stepgym/Sandbox-One-v0": "sandbox",
+    "stepgym/Sandbox-Two-v0": "sandbox",
+    "stepgym/Sandbox-Delayed-v0": "sandbox",
+    "stepgym/Sandbox-Null-v0": "sandbox",
+}
+"""Which preset table an env id uses; every other id (adapters, your own envs) gets ``generic``."""
+
+
 def env_family(env_id: str) -> str:
-    """``searchqa``, ``alfworld``, ``sandbox`` or ``generic`` for a registered env id."""
-    low = env_id.lower()
-    if "searchqa" in low:
-        return "searchqa"
-    if "alfworld" in low:
-        return "alfworld"
-    if "sandbox" in low:
-        return "sandbox"
-    return "generic"
+    """``searchqa``, ``alfworld``, ``sandbox`` or ``generic`` for a registered env id (by exact id)."""
+    return ENV_FAMILIES.get(env_id, "generic")
+
+
+def env_attribute(env_id: str, name: str, default: Any) -> Any:
+    """A class attribute an env declares (``subsets``, ``headline_metric``), read without building the env.
+
+    Read from the registered entry point like ``protocol`` is; an env that does not declare it (a plain
+    Gymnasium env) gives ``default``.
+    """
+    from gymnasium.envs.registration import load_env_creator
+    from stepgym.envs import env_spec
+
+    entry = env_spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    return getattr(creator, name, default)
 
 
 # --------------------------------------------------------------------------- smoke: 2-core CPU

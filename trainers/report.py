@@ -1,4 +1,4 @@
-"""Reports of ``benchmarks/run.py``: per-subset tables over seeds, results.json, curves.png, provenance.
+"""Reports of the main job: per-subset tables over seeds, results.json, curves.png, provenance.
 
 Everything here is plain data in, files out; nothing trains or evaluates. A result of one seed is
 ``{split: {subset: SubsetResult-dict}}``; :func:`aggregate` turns several seeds into mean and std
@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stepgym.trainers.presets import env_attribute
+
 __all__ = [
     "aggregate",
     "comparison_table",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+"""The checkout this module runs from (an editable install); outside a git checkout the commit is ``None``."""
 AVG = "avg"
 
 
@@ -126,16 +129,15 @@ def data_fingerprint(env_id: str, env_kwargs: Mapping[str, Any], task_ids: Itera
         "tasks": len(ids),
         "task_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
     }
-    low = env_id.lower()
     files: list[Path] = []
     try:
         from stepgym.envs.data import resolve_data_dir
 
-        if "searchqa" in low:
+        if env_id == "stepgym/SearchQA-v0":
             root = resolve_data_dir(env_kwargs.get("data_dir"), "searchqa")
             files = sorted(root.glob("*/questions.jsonl")) + [root / "corpus.jsonl"]
             out["data_dir"] = str(root)
-        elif "alfworld" in low:
+        elif env_id == "stepgym/ALFWorld-v0":
             root = resolve_data_dir(env_kwargs.get("data_dir"), "alfworld")
             files = [root / "json_2.1.1" / t / "game.tw-pddl" for t in ids]
             out["data_dir"] = str(root)
@@ -153,16 +155,8 @@ def data_fingerprint(env_id: str, env_kwargs: Mapping[str, Any], task_ids: Itera
 
 # =========================================================================== aggregation
 def metric_name(env_id: str) -> str:
-    """The headline metric's column name: EM for Search-QA, success otherwise."""
-    return "EM" if "searchqa" in env_id.lower() else "success"
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (0 for one value); NaN for none (same rule as ``trainers.evaluate.mean_std``)."""
-    if not values:
-        return math.nan, math.nan
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+    """The headline metric's column name: the env's ``headline_metric`` attribute (``"success"`` if none)."""
+    return str(env_attribute(env_id, "headline_metric", "success"))
 
 
 def aggregate(per_seed: Sequence[Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> dict[str, dict[str, Any]]:
@@ -175,6 +169,8 @@ def aggregate(per_seed: Sequence[Mapping[str, Mapping[str, Mapping[str, Any]]]])
     Returns:
         ``{split: {subset: {"mean", "std", "n", "seeds", "values", "f1_mean"}}}`` with ``avg`` last.
     """
+    from stepgym.trainers.evaluate import mean_std  # here: the CLI imports this module before any env or agent
+
     out: dict[str, dict[str, Any]] = {}
     splits = list(dict.fromkeys(s for seed in per_seed for s in seed))
     for split in splits:
@@ -193,16 +189,16 @@ def aggregate(per_seed: Sequence[Mapping[str, Mapping[str, Mapping[str, Any]]]])
                 if sub in seed.get(split, {}) and seed[split][sub].get("f1") is not None
             ]
             ns = [int(seed[split][sub]["n"]) for seed in per_seed if sub in seed.get(split, {})]
-            m, s = _mean_std(vals)
+            m, s = mean_std(vals)
             rows[sub] = {
                 "mean": m,
                 "std": s,
                 "n": ns[0] if len(set(ns)) == 1 else ns,
                 "seeds": len(vals),
                 "values": vals,
-                "f1_mean": _mean_std(f1s)[0] if f1s else None,
+                "f1_mean": mean_std(f1s)[0] if f1s else None,
             }
-        m, s = _mean_std(seed_avgs)
+        m, s = mean_std(seed_avgs)
         rows[AVG] = {
             "mean": m,
             "std": s,
