@@ -84,7 +84,7 @@ class RetrievalServer:
             return 400, {"detail": "every query must be a string"}
         if len(queries) > self.max_queries:
             return 413, {"detail": f"{len(queries)} queries in one request; the limit is {self.max_queries}"}
-        topk = body.get("topk") or self.default_topk
+        topk = body.get("topk") or self.default_topk  # null or 0 -> default, as Search-R1's server does
         scores = body.get("return_scores", False)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1 or not isinstance(scores, bool):
             why = f"topk must be a positive integer and return_scores a boolean, got {topk!r}, {scores!r}"
