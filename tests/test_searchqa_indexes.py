@@ -62,7 +62,7 @@ def _clustered(n, d, seed):
         ("Flat", {}, 1.0),
         ("IVF16,Flat", {"nprobe": 16}, 1.0),
         ("HNSW16", {"efSearch": 256}, 0.85),  # 0.54 at the default efSearch=16
-        ("IVF16,PQ8", {"nprobe": 16}, 0.4),
+        ("IVF16,PQ16x4", {"nprobe": 16}, 0.45),  # 4-bit codes: 0.55 measured; 8-bit PQ8 trains 7x longer
     ],
 )
 def test_factory_types_memory_mapped_recall_against_flat(tmp_path, factory, params, min_recall):
