@@ -189,6 +189,7 @@ def _faiss_build(root: Path, n: int, factory: str, base_passages: int, n_queries
     faiss.write_index(index, str(index_file))
     report["faiss_mb"] = _du_mb(index_file)
     report["flat_mb_would_be"] = n * base.shape[1] * 4 / 2**20
+    np.save(root / "base.npy", base)  # the real passage embeddings the synthetic vectors mix, for reruns
     np.save(root / "queries.npy", qvec)
     np.save(root / f"truth-{n}.npy", best_i)
     report["index_file"] = str(index_file)

@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
             kwargs[name] = getattr(args, name)
     if args.retriever == "dense":
         kwargs.setdefault("show_progress", True)
+    if args.retriever == "bm25s" and kwargs:
+        ap.error(f"--retriever bm25s is built in memory and takes none of {sorted(kwargs)}")
     collection = None
     if needs_collection(args.retriever, args.index_path, args.corpus_path):
         from stepgym.envs.searchqa.data import load_collection
