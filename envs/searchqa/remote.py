@@ -93,7 +93,7 @@ class RemoteRetriever:
         url: The server, e.g. ``http://127.0.0.1:8000`` (``/retrieve`` is added when no path is given).
         timeout: Seconds to wait for one HTTP answer.
         retries: Extra attempts after a connection error, timeout or 5xx answer.
-        backoff: Seconds before the first retry; doubled each time.
+        backoff: Seconds before the first retry; doubled each time, up to 30 s.
         batch_size: Queries per request (a larger batch is split into several requests).
         check: Ask the server once at construction, so a wrong URL fails at start-up, not mid-training.
     """
@@ -149,7 +149,7 @@ class RemoteRetriever:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 30.0))  # capped: many retries = a long wait
             request = urllib.request.Request(
                 self.url, data=data, headers={"Content-Type": "application/json"}, method="POST"
             )
