@@ -16,7 +16,7 @@ from stepgym.envs.searchqa.data import (
 )
 from stepgym.envs.searchqa.env import SearchQAEnv, format_passages
 from stepgym.envs.searchqa.metrics import best_em_f1, exact_match, normalize_answer, token_f1
-from stepgym.envs.searchqa.retrievers import RETRIEVERS, Retriever, clean_query, get_retriever
+from stepgym.envs.searchqa.retrievers import RETRIEVERS, Retriever, clean_query, get_retriever, needs_collection
 
 __all__ = [
     "RETRIEVERS",
@@ -36,6 +36,7 @@ __all__ = [
     "in_train_split",
     "load_collection",
     "load_questions",
+    "needs_collection",
     "normalize_answer",
     "token_f1",
 ]

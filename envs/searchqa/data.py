@@ -33,6 +33,7 @@ __all__ = [
     "in_train_split",
     "load_collection",
     "load_questions",
+    "passage_from_row",
     "resolve_subsets",
 ]
 
@@ -172,6 +173,10 @@ class Collection:
         """Passage id -> position."""
         return {p.id: i for i, p in enumerate(self.passages)}
 
+    def get(self, rows: Sequence[int]) -> list[Passage]:
+        """The passages at positions ``rows`` (the same call as :meth:`PassageStore.get`)."""
+        return [self.passages[int(i)] for i in rows]
+
     def __len__(self) -> int:
         return len(self.passages)
 
@@ -179,6 +184,23 @@ class Collection:
 def _passage(pid: str, contents: str) -> Passage:
     title, _, text = contents.partition("\n")
     return Passage(pid, title.strip(), text.strip())
+
+
+def passage_from_row(row: dict) -> Passage:
+    """A passage from a collection row: ``{"id", "contents"}`` (wiki-18, Pyserini) or ``{"id", "title", "text"}``.
+
+    ``contents`` is the title line, a newline, then the text (the title keeps its quotes, as in wiki-18).
+    A missing id becomes ``""``; ids that are numbers become strings.
+
+    Raises:
+        KeyError: Neither ``contents`` nor ``text``.
+    """
+    pid = str(row.get("id", row.get("docid", "")))
+    if isinstance(row.get("contents"), str):
+        return _passage(pid, row["contents"])
+    if isinstance(row.get("text"), str):
+        return Passage(pid, str(row.get("title", "")).strip(), row["text"].strip())
+    raise KeyError(f"a passage row needs 'contents' or 'text' (got keys {sorted(row)})")
 
 
 _COLLECTIONS: dict[tuple[str, int, int], Collection] = {}

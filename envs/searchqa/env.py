@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from stepgym.envs.base import TextEnv, parse_tagged_action
 from stepgym.envs.searchqa.data import SUBSETS, Collection, Passage, Question, load_collection, load_questions
 from stepgym.envs.searchqa.metrics import best_em_f1
-from stepgym.envs.searchqa.retrievers import Retriever, clean_query, get_retriever
+from stepgym.envs.searchqa.retrievers import Retriever, clean_query, get_retriever, needs_collection
 
 __all__ = ["SearchQAEnv", "format_passages"]
 
@@ -48,7 +48,7 @@ class SearchQAEnv(TextEnv):
     Args:
         subset: One subset name, several (list or comma-separated) or ``"all"``.
         split: ``"train"``, ``"test"`` or ``"all"`` (see :mod:`stepgym.envs.searchqa.data`).
-        retriever: ``"bm25"``, ``"bm25s"`` or ``"dense"``.
+        retriever: ``"bm25"``, ``"bm25s"``, ``"dense"`` or ``"remote"`` (a Search-R1 protocol server).
         topk: Passages returned per search.
         max_turns: Steps before the episode is truncated.
         invalid_action_penalty: Subtracted from the reward of an invalid step.
@@ -56,6 +56,11 @@ class SearchQAEnv(TextEnv):
         index_dir: Root of the index / embedding caches (else ``$STEPGYM_INDEX_DIR``, else
             ``~/.cache/stepgym/index``).
         collection: Search this collection instead of the data folder's ``corpus.jsonl`` (tests).
+        index_path: An existing index to open instead of indexing the collection: a Lucene index
+            directory (``bm25``) or a FAISS index file (``dense``); see :mod:`stepgym.envs.searchqa.retrievers`.
+        corpus_path: The JSONL passage store of ``index_path`` (``dense``: line ``i`` = FAISS row ``i``,
+            e.g. Search-R1's ``wiki-18.jsonl``; ``bm25``: only for an index without stored documents).
+        retriever_url: The retrieval server of ``retriever="remote"``, e.g. ``http://127.0.0.1:8000``.
         max_query_chars: Queries are cleaned and cut to this many characters.
         retriever_kwargs: Extra arguments for the retriever (e.g. ``{"threads": 2}``).
         render_mode: ``"ansi"`` or ``None``.
@@ -85,6 +90,9 @@ class SearchQAEnv(TextEnv):
         max_query_chars: int = 1000,
         retriever_kwargs: dict[str, Any] | None = None,
         render_mode: str | None = None,
+        index_path: str | os.PathLike[str] | None = None,
+        corpus_path: str | os.PathLike[str] | None = None,
+        retriever_url: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
         if topk < 1 or max_turns < 1:
@@ -92,8 +100,21 @@ class SearchQAEnv(TextEnv):
         self.questions: list[Question] = load_questions(subset, split, data_dir)
         self._by_id = {q.task_id: q for q in self.questions}
         self._ids = tuple(self._by_id)
-        self.collection = collection if collection is not None else load_collection(data_dir)
-        self.retriever: Retriever = get_retriever(retriever, self.collection, index_dir, **(retriever_kwargs or {}))
+        kwargs = dict(retriever_kwargs or {})
+        if (retriever == "remote") != (retriever_url is not None):
+            raise ValueError(
+                "retriever='remote' needs retriever_url= the server (e.g. http://127.0.0.1:8000), and retriever_url "
+                f"is only for retriever='remote'; got retriever={retriever!r}, retriever_url={retriever_url!r}"
+            )
+        if retriever_url is not None:
+            kwargs["url"] = retriever_url
+        for name, value in (("index_path", index_path), ("corpus_path", corpus_path)):
+            if value is not None:
+                kwargs[name] = str(value)
+        self.collection: Collection | None = collection
+        if collection is None and needs_collection(retriever, index_path, corpus_path):
+            self.collection = load_collection(data_dir)
+        self.retriever: Retriever = get_retriever(retriever, self.collection, index_dir, **kwargs)
         self.topk = int(topk)
         self.max_turns = int(max_turns)
         self.invalid_action_penalty = float(invalid_action_penalty)
