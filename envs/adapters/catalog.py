@@ -1,7 +1,7 @@
 """The env names each ecosystem adapter registers, written out so that importing stepgym stays cheap.
 
 Registering ids must not import the ecosystems (TextArena alone takes ~2 s and may be missing), so the
-names are listed here; ``tests/test_adapters_catalog.py`` compares each list with the installed package
+names are listed here; ``tests/test_adapters.py`` compares each list with the installed package
 and fails with the difference when an upgrade adds or removes one.
 """
 

@@ -1,0 +1,231 @@
+"""Ecosystem adapters (stepgym.envs.adapters) against the real packages: ids, errors, scripted episodes."""
+
+import random
+import re
+import sys
+
+import gymnasium as gym
+import pytest
+import stepgym.envs
+from stepgym.envs.adapters import ADAPTERS, adapter_env_ids, check_known
+from stepgym.envs.adapters.catalog import (
+    REASONING_GYM_DATASETS,
+    SCIENCEWORLD_TASKS,
+    TEXTARENA_GAMES,
+    TEXTARENA_NLTK_GAMES,
+    TEXTWORLD_GAMES,
+)
+
+
+def _needs(module: str):
+    return pytest.importorskip(module, reason=f"{module} is an optional extra")
+
+
+@pytest.fixture(scope="module")
+def tw_games(tmp_path_factory):
+    """One compiled-games folder for the module (a TextWorld game takes seconds to generate)."""
+    return str(tmp_path_factory.mktemp("textworld_games"))
+
+
+# ----------------------------------------------------------------- ids and errors
+def test_every_adapter_id_is_registered_with_its_name_in_kwargs():
+    ids = adapter_env_ids()
+    assert len(ids) == 68 + 105 + 4 + 30 == len(set(ids))
+    assert adapter_env_ids("textworld") == [f"textworld/{g}" for g in TEXTWORLD_GAMES]
+    for env_id in ids:
+        ns, name = env_id.split("/", 1)
+        spec = gym.spec(env_id)
+        assert spec.entry_point == ADAPTERS[ns].entry_point
+        assert spec.kwargs == {ADAPTERS[ns].kwarg: name}
+    assert stepgym.envs.adapter_env_ids is adapter_env_ids
+
+
+def test_unknown_names_get_did_you_mean():
+    with pytest.raises(gym.error.NameNotFound, match="Did you mean: `Sudoku`"):
+        gym.make("textarena/Sudoko-v0")
+    with pytest.raises(gym.error.NameNotFound, match="Did you mean: `leg_counting`"):
+        gym.make("reasoning_gym/leg_countin")
+    with pytest.raises(ValueError, match=r"unknown adapter namespace 'textarna'; did you mean 'textarena'\?"):
+        adapter_env_ids("textarna")
+    with pytest.raises(ValueError, match=r"unknown ScienceWorld task 'boill'; did you mean 'boil'\?"):
+        check_known("ScienceWorld task", "boill", SCIENCEWORLD_TASKS)
+
+
+@pytest.mark.parametrize(
+    ("module", "env_id", "extra"),
+    [
+        ("textarena", "textarena/GuessTheNumber-v0", "textarena"),
+        ("reasoning_gym", "reasoning_gym/leg_counting", "reasoning-gym"),
+        ("textworld", "textworld/coin_collector", "textworld"),
+        ("scienceworld", "scienceworld/boil", "scienceworld"),
+    ],
+)
+def test_missing_package_names_the_extra(monkeypatch, module, env_id, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(gym.error.DependencyNotInstalled, match=re.escape(f"pip install 'stepgym[{extra}]'")):
+        gym.make(env_id)
+
+
+# ----------------------------------------------------------------- the catalog matches the installed packages
+def test_textarena_catalog_matches_the_installed_registry():
+    _needs("textarena")
+    from textarena.envs.registration import ENV_REGISTRY
+
+    base = {i for i in ENV_REGISTRY if not i.endswith(("-raw", "-train"))}
+    listed = set(TEXTARENA_GAMES) | set(TEXTARENA_NLTK_GAMES)
+    assert listed <= base, f"no longer in textarena: {sorted(listed - base)}"
+
+
+def test_reasoning_gym_catalog_matches_the_installed_datasets():
+    _needs("reasoning_gym")
+    from reasoning_gym.factory import DATASETS
+
+    assert set(REASONING_GYM_DATASETS) == set(DATASETS) - {"composite"}
+
+
+def test_textworld_catalog_matches_the_installed_challenges():
+    textworld = _needs("textworld")
+    import textworld.challenges  # noqa: F401
+
+    assert {f"tw-{g}" for g in TEXTWORLD_GAMES} == set(textworld.challenges.CHALLENGES)
+
+
+# ----------------------------------------------------------------- TextArena
+def _bisect(env, lo=1, hi=20):
+    """Binary search on TextArena's GuessTheNumber; returns the step tuples."""
+    steps = []
+    while True:
+        guess = (lo + hi) // 2
+        obs, reward, term, trunc, info = env.step(f"<think>halve it</think>My guess is [{guess}]")
+        steps.append((guess, reward, term, info))
+        if term or trunc:
+            return steps
+        lo, hi = (guess + 1, hi) if "higher" in obs else (lo, guess - 1)
+
+
+def test_textarena_bisection_wins_guess_the_number_with_the_games_reward():
+    _needs("textarena")
+    env = gym.make("textarena/GuessTheNumber-v0", num_tasks=50)
+    before = random.getstate()
+    obs, info = env.reset(options={"task_id": "train-7"})
+    assert "guess the number between 1 and 20" in obs and info["subset"] == "GuessTheNumber-v0"
+    assert info["seed"] == 7
+    steps = _bisect(env)
+    assert random.getstate() == before  # TextArena's draws use the env's own generator state
+    *middle, last = steps
+    assert all(r == 0.0 and not t and i["valid_action"] for _, r, t, i in middle)
+    assert last[1] == 1.0 and last[2] and last[3]["won"] and last[3]["score"] == 1.0
+    assert len(steps) <= 5  # log2(20) guesses suffice
+    # the same task is the same secret: the same guesses win again
+    env.reset(options={"task_id": "train-7"})
+    assert [s[0] for s in _bisect(env)] == [s[0] for s in steps]
+    with pytest.raises(gym.error.ResetNeeded):
+        env.unwrapped.step("[3]")
+
+
+def test_textarena_invalid_moves_follow_the_games_rules():
+    _needs("textarena")
+    env = gym.make("textarena/GuessTheNumber-v0", num_tasks=5, split="test")
+    _, info = env.reset(seed=0)
+    assert info["seed"] >= 1_000_000
+    obs, reward, term, _, info = env.step("ten")  # no brackets: rejected, one retry allowed
+    assert not info["valid_action"] and info["action"] is None and not term and reward == 0.0
+    assert "invalid move" in obs.lower()
+    obs, reward, term, _, info = env.step("still no brackets")  # the second one in a row ends the game
+    # the game's own penalty: its completion score, 0 before any valid guess
+    assert term and not info["won"] and reward == info["score"] == 0.0 and not info["valid_action"]
+    assert "Invalid move format" in info["reason"] and "Invalid move format" in obs
+
+
+# ----------------------------------------------------------------- reasoning-gym
+def test_reasoning_gym_retries_with_verdicts_and_pays_the_best_score_once():
+    _needs("reasoning_gym")
+    env = gym.make("reasoning_gym/leg_counting", num_tasks=20, dataset_seed=3, max_attempts=3)
+    obs, info = env.reset(options={"task_id": "4"})
+    assert "legs" in obs and info["subset"] == "leg_counting"
+    gold = info["gold_answer"]
+    o1, r1, t1, tr1, i1 = env.step("I think it is many")
+    assert (r1, t1, tr1, i1["valid_action"]) == (0.0, False, False, False) and "2 attempts left" in o1
+    o2, r2, t2, _, i2 = env.step(f"<answer>{int(gold) + 1}</answer>")
+    assert (r2, t2, i2["attempt_score"], i2["valid_action"]) == (0.0, False, 0.0, True) and "1 attempt left" in o2
+    o3, r3, t3, tr3, i3 = env.step(f"Counting again... <answer>{gold}</answer>")
+    assert (o3, r3, t3, tr3, i3["won"], i3["score"]) == ("Correct.", 1.0, True, False, True, 1.0)
+    # out of attempts: truncated, return 0
+    env.reset(options={"task_id": "4"})
+    results = [env.step("<answer>-1</answer>") for _ in range(3)]
+    assert [r[1] for r in results] == [0.0] * 3 and results[-1][3] and not results[-1][2]
+    assert "No attempts left" in results[-1][0]
+
+
+def test_reasoning_gym_oracle_solves_several_datasets_first_try():
+    _needs("reasoning_gym")
+    for name in ("basic_arithmetic", "word_sorting", "gcd"):
+        env = gym.make(f"reasoning_gym/{name}", num_tasks=3, max_attempts=1)
+        for task in env.unwrapped.task_ids:
+            _, info = env.reset(options={"task_id": task})
+            _, reward, term, _, info = env.step(f"<answer>{info['gold_answer']}</answer>")
+            assert (reward, term, info["won"]) == (1.0, True, True), (name, task)
+
+
+def test_reasoning_gym_bad_config_is_rejected():
+    _needs("reasoning_gym")
+    with pytest.raises(ValueError, match="bad config"):
+        gym.make("reasoning_gym/leg_counting", config={"no_such_field": 1})
+
+
+# ----------------------------------------------------------------- TextWorld
+def test_textworld_expert_plan_wins_a_generated_coin_collector(tw_games):
+    _needs("textworld")
+    env = gym.make("textworld/coin_collector", settings={"level": 2}, num_tasks=3, games_dir=tw_games)
+    obs, info = env.reset(options={"task_id": "train-1"})
+    assert "coin" in info["objective"] and info["expert_plan"] and info["max_score"] == 1.0
+    assert set(info["expert_plan"][:1]) <= set(info["admissible_actions"])
+    gamefile = info["gamefile"]
+    rewards = []
+    for command in info["expert_plan"]:
+        _, reward, term, trunc, step_info = env.step(f"<action>{command}</action>")
+        rewards.append(reward)
+        assert step_info["valid_action"] and not trunc
+    assert term and step_info["won"] and step_info["score"] == 1.0 and sum(rewards) == 1.0
+    # an untagged text does not move the game
+    env.reset(options={"task_id": "train-1"})
+    obs, reward, term, _, step_info = env.step("go north")
+    assert not step_info["valid_action"] and "Invalid action" in obs and not term and reward == 0.0
+    # the compiled game is reused, and the same seed makes the same game
+    env2 = gym.make("textworld/coin_collector", settings={"level": 2}, num_tasks=3, games_dir=tw_games)
+    _, info2 = env2.reset(options={"task_id": "train-1"})
+    assert info2["gamefile"] == gamefile and info2["expert_plan"] == info["expert_plan"]
+    env.close()
+    env2.close()
+
+
+def test_textworld_settings_are_checked_with_the_challenges_arguments():
+    _needs("textworld")
+    with pytest.raises(ValueError, match=r"unknown tw-coin_collector setting 'levle'; did you mean 'level'\?"):
+        gym.make("textworld/coin_collector", settings={"levle": 3})
+    with pytest.raises(ValueError, match=r"rewards='plenty' must be one of \['dense', 'balanced', 'sparse'\]"):
+        gym.make("textworld/simple", settings={"rewards": "plenty"})
+
+
+# ----------------------------------------------------------------- ScienceWorld
+def test_scienceworld_gold_path_completes_the_task():
+    _needs("scienceworld")
+    env = gym.make("scienceworld/find-living-thing", split="dev", max_steps=40)
+    try:
+        task_ids = env.unwrapped.task_ids
+        assert task_ids and all(t.isdigit() for t in task_ids)
+        obs, info = env.reset(options={"task_id": task_ids[0]})
+        assert "find a(n) living thing" in obs and info["subset"] == "find-living-thing"
+        assert len(info["admissible_actions"]) > 10 and info["expert_plan"]
+        start = info["score"]
+        total = 0.0
+        for command in info["expert_plan"]:
+            _, reward, term, trunc, step_info = env.step(f"<action>{command}</action>")
+            total += reward
+            assert not trunc
+        assert term and step_info["won"] and step_info["points"] == 100
+        assert total == pytest.approx(1.0 - start)  # rewards add up to ScienceWorld's score (0-1 scale)
+        with pytest.raises(gym.error.ResetNeeded):
+            env.unwrapped.step("<action>look around</action>")
+    finally:
+        env.close()
