@@ -84,10 +84,10 @@ def test_reasoning_gym_catalog_matches_the_installed_datasets():
 
 
 def test_textworld_catalog_matches_the_installed_challenges():
-    textworld = _needs("textworld")
-    import textworld.challenges  # noqa: F401
+    _needs("textworld")
+    from textworld.challenges import CHALLENGES
 
-    assert {f"tw-{g}" for g in TEXTWORLD_GAMES} == set(textworld.challenges.CHALLENGES)
+    assert {f"tw-{g}" for g in TEXTWORLD_GAMES} == set(CHALLENGES)
 
 
 # ----------------------------------------------------------------- TextArena
@@ -177,7 +177,7 @@ def test_reasoning_gym_bad_config_is_rejected():
 def test_textworld_expert_plan_wins_a_generated_coin_collector(tw_games):
     _needs("textworld")
     env = gym.make("textworld/coin_collector", settings={"level": 2}, num_tasks=3, games_dir=tw_games)
-    obs, info = env.reset(options={"task_id": "train-1"})
+    obs, info = env.reset(options={"task_id": "train-0"})
     assert "coin" in info["objective"] and info["expert_plan"] and info["max_score"] == 1.0
     assert set(info["expert_plan"][:1]) <= set(info["admissible_actions"])
     gamefile = info["gamefile"]
@@ -188,12 +188,12 @@ def test_textworld_expert_plan_wins_a_generated_coin_collector(tw_games):
         assert step_info["valid_action"] and not trunc
     assert term and step_info["won"] and step_info["score"] == 1.0 and sum(rewards) == 1.0
     # an untagged text does not move the game
-    env.reset(options={"task_id": "train-1"})
+    env.reset(options={"task_id": "train-0"})
     obs, reward, term, _, step_info = env.step("go north")
     assert not step_info["valid_action"] and "Invalid action" in obs and not term and reward == 0.0
     # the compiled game is reused, and the same seed makes the same game
     env2 = gym.make("textworld/coin_collector", settings={"level": 2}, num_tasks=3, games_dir=tw_games)
-    _, info2 = env2.reset(options={"task_id": "train-1"})
+    _, info2 = env2.reset(options={"task_id": "train-0"})
     assert info2["gamefile"] == gamefile and info2["expert_plan"] == info["expert_plan"]
     env.close()
     env2.close()
@@ -229,3 +229,49 @@ def test_scienceworld_gold_path_completes_the_task():
             env.unwrapped.step("<action>look around</action>")
     finally:
         env.close()
+
+
+# ----------------------------------------------------------------- training through run_training, unchanged
+_TRAIN = [
+    # (package, env id, env kwargs); one fast env of each ecosystem
+    ("textarena", "textarena/GuessTheNumber-v0", {"num_tasks": 8}),
+    ("reasoning_gym", "reasoning_gym/leg_counting", {"num_tasks": 8}),
+    ("textworld", "textworld/coin_collector", {"settings": {"level": 2}, "num_tasks": 1}),
+    ("scienceworld", "scienceworld/find-living-thing", {"split": "dev"}),
+]
+_FAST = {("textarena", "stepopsd"), ("reasoning_gym", "grpo")}  # the others take 30-120 s on a shared 2-core CPU
+
+
+def _train_cases():
+    for package, env_id, kwargs in _TRAIN:
+        for credit in ("grpo", "stepopsd"):
+            marks = () if (package, credit) in _FAST else (pytest.mark.slow,)
+            yield pytest.param(package, env_id, kwargs, credit, marks=marks, id=f"{env_id}-{credit}")
+
+
+@pytest.mark.parametrize(("package", "env_id", "env_kwargs", "credit"), list(_train_cases()))
+def test_two_training_steps_on_an_adapter_env(tmp_path, tw_games, package, env_id, env_kwargs, credit):
+    import json
+
+    _needs(package)
+    from stepgym.trainers.runner import run_training
+    from trainer_helpers import small_run_config
+
+    if package == "textworld":
+        env_kwargs = {**env_kwargs, "games_dir": tw_games}
+    cfg = small_run_config(
+        tmp_path / "run",
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        credit=credit,
+        num_envs=2,
+        sampling={"max_new_tokens": 12},
+    )
+    result = run_training(cfg)
+    assert result.final_step == 2 and not result.interrupted
+    lines = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    for line in lines:
+        assert 0.0 <= line["rollout/success"] <= 1.0 and "loss/total" in line
+        if credit == "stepopsd":  # the teacher rescored the adapter's steps: failed steps got a nonzero gap
+            assert line["credit/delta_abs_failed"] > 0.0
