@@ -66,6 +66,40 @@ def test_missing_package_names_the_extra(monkeypatch, module, env_id, extra):
         gym.make(env_id)
 
 
+@pytest.mark.parametrize(
+    ("module", "env_id", "kwargs"),
+    [
+        ("textarena", "textarena/GuessTheNumber-v0", {}),
+        ("textarena", "textarena/TowerOfHanoi-v0", {}),
+        ("reasoning_gym", "reasoning_gym/basic_arithmetic", {}),
+        ("textworld", "textworld/coin_collector", {"settings": {"level": 2}, "num_tasks": 1}),
+    ],
+)
+def test_gymnasium_env_checker_and_same_seed_same_episode(tw_games, module, env_id, kwargs):
+    from gymnasium.utils.env_checker import check_env
+
+    _needs(module)
+    if module == "textworld":
+        kwargs = {**kwargs, "games_dir": tw_games}
+
+    def episode(seed):
+        env = gym.make(env_id, **kwargs)
+        obs, info = env.reset(seed=seed)
+        out = [(obs, info["task_id"], info["subset"])]
+        for k in range(3):
+            obs, r, term, trunc, info = env.step(f"<action>look</action> [{k + 1}] <answer>{k}</answer>")
+            out.append((obs, r, term, trunc, info["valid_action"]))
+            if term or trunc:
+                break
+        env.close()
+        return out
+
+    env = gym.make(env_id, **kwargs)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+    assert episode(5) == episode(5)
+
+
 # ----------------------------------------------------------------- the catalog matches the installed packages
 def test_textarena_catalog_matches_the_installed_registry():
     _needs("textarena")
