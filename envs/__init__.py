@@ -7,7 +7,7 @@ and their heavy backends load only on ``gym.make``). It never imports torch.
 from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
-from stepgym.envs.adapters import adapter_env_ids, register_adapter_envs
+from stepgym.envs.adapters import list_adapter_env_ids, register_adapter_envs
 from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking, think_spans
 from stepgym.envs.capabilities import (
     SEED_SUBSET,
@@ -41,11 +41,11 @@ __all__ = [
     "TextSpace",
     "TokenSequence",
     "Trajectory",
-    "adapter_env_ids",
     "env_instructions",
     "env_spec",
     "env_task_ids",
     "env_task_subset",
+    "list_adapter_env_ids",
     "parse_tagged_action",
     "read_jsonl",
     "resolve_data_dir",

@@ -7,7 +7,7 @@ import sys
 import gymnasium as gym
 import pytest
 import stepgym.envs
-from stepgym.envs.adapters import ADAPTERS, adapter_env_ids, check_known
+from stepgym.envs.adapters import ADAPTERS, check_known, list_adapter_env_ids
 from stepgym.envs.adapters.catalog import (
     REASONING_GYM_DATASETS,
     SCIENCEWORLD_TASKS,
@@ -29,15 +29,15 @@ def tw_games(tmp_path_factory):
 
 # ----------------------------------------------------------------- ids and errors
 def test_every_adapter_id_is_registered_with_its_name_in_kwargs():
-    ids = adapter_env_ids()
+    ids = list_adapter_env_ids()
     assert len(ids) == 68 + 105 + 4 + 30 == len(set(ids))
-    assert adapter_env_ids("textworld") == [f"textworld/{g}" for g in TEXTWORLD_GAMES]
+    assert list_adapter_env_ids("textworld") == [f"textworld/{g}" for g in TEXTWORLD_GAMES]
     for env_id in ids:
         ns, name = env_id.split("/", 1)
         spec = gym.spec(env_id)
         assert spec.entry_point == ADAPTERS[ns].entry_point
         assert spec.kwargs == {ADAPTERS[ns].kwarg: name}
-    assert stepgym.envs.adapter_env_ids is adapter_env_ids
+    assert stepgym.envs.list_adapter_env_ids is list_adapter_env_ids
 
 
 def test_unknown_names_get_did_you_mean():
@@ -46,7 +46,7 @@ def test_unknown_names_get_did_you_mean():
     with pytest.raises(gym.error.NameNotFound, match="Did you mean: `leg_counting`"):
         gym.make("reasoning_gym/leg_countin")
     with pytest.raises(ValueError, match=r"unknown adapter namespace 'textarna'; did you mean 'textarena'\?"):
-        adapter_env_ids("textarna")
+        list_adapter_env_ids("textarna")
     with pytest.raises(ValueError, match=r"unknown ScienceWorld task 'boill'; did you mean 'boil'\?"):
         check_known("ScienceWorld task", "boill", SCIENCEWORLD_TASKS)
 
@@ -199,6 +199,25 @@ def test_reasoning_gym_oracle_solves_several_datasets_first_try():
             _, info = env.reset(options={"task_id": task})
             _, reward, term, _, info = env.step(f"<answer>{info['gold_answer']}</answer>")
             assert (reward, term, info["won"]) == (1.0, True, True), (name, task)
+
+
+def test_held_out_kwargs_select_other_tasks():
+    _needs("reasoning_gym")
+    held_out = _adapter_class("reasoning_gym").held_out_kwargs
+    assert held_out == {"dataset_seed": 1_000_000}
+    questions = []
+    for kwargs in ({}, held_out):
+        env = gym.make("reasoning_gym/gcd", num_tasks=10, **kwargs)
+        questions.append({env.reset(options={"task_id": t})[0] for t in env.unwrapped.task_ids})
+    assert len(questions[0]) == len(questions[1]) == 10 and not questions[0] & questions[1]
+    for namespace in ("textarena", "textworld", "scienceworld"):
+        assert _adapter_class(namespace).held_out_kwargs == {"split": "test"}
+
+
+def _adapter_class(namespace):
+    from gymnasium.envs.registration import load_env_creator
+
+    return load_env_creator(ADAPTERS[namespace].entry_point)
 
 
 def test_reasoning_gym_bad_config_is_rejected():

@@ -40,7 +40,7 @@ def test_envs_import_without_torch():
     code = (
         "import sys; import stepgym.envs, gymnasium as gym; "
         "[gym.spec(i) for i in stepgym.envs.BUILTIN_ENVS]; "
-        "[gym.spec(i) for i in stepgym.envs.adapter_env_ids()]; "
+        "[gym.spec(i) for i in stepgym.envs.list_adapter_env_ids()]; "
         "heavy = ('torch', 'transformers', 'pyserini', 'faiss', 'alfworld', "
         "'textarena', 'reasoning_gym', 'textworld', 'scienceworld'); "
         "bad = [m for m in heavy if m in sys.modules]; "

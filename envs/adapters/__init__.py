@@ -32,7 +32,7 @@ from stepgym.envs.adapters.catalog import (
     TEXTWORLD_GAMES,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_env_ids", "check_known", "dependency_error", "register_adapter_envs"]
+__all__ = ["ADAPTERS", "Adapter", "list_adapter_env_ids", "check_known", "dependency_error", "register_adapter_envs"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ ADAPTERS: dict[str, Adapter] = {
 """Every ecosystem adapter, by id namespace."""
 
 
-def adapter_env_ids(namespace: str | None = None) -> list[str]:
+def list_adapter_env_ids(namespace: str | None = None) -> list[str]:
     """The registered adapter env ids, sorted (all ecosystems, or one namespace).
 
     Raises:

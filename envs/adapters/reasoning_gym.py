@@ -14,7 +14,9 @@ and is ``truncated`` after ``max_attempts`` attempts. ``info["score"]`` is the b
 rollout's outcome) and ``info["won"]`` whether it is 1.
 
 Tasks are entries: task ``"<k>"`` is entry ``k`` of ``create_dataset(dataset, seed=dataset_seed,
-size=num_tasks, **config)``; train and evaluate on disjoint sets with different ``dataset_seed`` values.
+size=num_tasks, **config)``. reasoning-gym draws entry ``k`` from ``Random(seed + k)``, so seeds 0 and 1
+share all but one entry: held-out tasks use ``dataset_seed=1_000_000`` (disjoint from seed 0 while
+``num_tasks`` stays below a million).
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ class ReasoningGymEnv(TextEnv):
         dataset: A reasoning-gym dataset name (``"leg_counting"``); names are listed in
             :data:`stepgym.envs.adapters.catalog.REASONING_GYM_DATASETS`.
         num_tasks: Entries generated (task ids ``"0"`` .. ``str(num_tasks - 1)``).
-        dataset_seed: The dataset's generator seed (use another one for an evaluation set).
+        dataset_seed: The dataset's generator seed (entry ``k`` uses ``dataset_seed + k``).
         max_attempts: Answers allowed per episode (1 keeps the task single-turn).
         config: Dataset options (the fields of its ``<Name>Config``, e.g. ``{"min_animals": 2}``).
         render_mode: ``"ansi"`` or ``None``.
     """
+
+    held_out_kwargs: ClassVar[dict[str, Any]] = {"dataset_seed": 1_000_000}
+    """``gym.make`` kwargs over the training ones that select held-out tasks (for evaluation)."""
 
     protocol: ClassVar[str] = (
         "Solve the problem. Think it through if you need to, then write your final answer inside "

@@ -70,6 +70,9 @@ class ScienceWorldEnv(TextEnv):
         render_mode: ``"ansi"`` or ``None``.
     """
 
+    held_out_kwargs: ClassVar[dict[str, Any]] = {"split": "test"}
+    """``gym.make`` kwargs over the training ones that select held-out tasks (for evaluation)."""
+
     protocol: ClassVar[str] = (
         "You are a science agent in a simulated world. Do the task you are given. Each turn, write exactly one "
         "command inside <action></action> tags, for example <action>look around</action> or "

@@ -56,6 +56,9 @@ class TextArenaEnv(TextEnv):
         render_mode: ``"ansi"`` or ``None``.
     """
 
+    held_out_kwargs: ClassVar[dict[str, Any]] = {"split": "test"}
+    """``gym.make`` kwargs over the training ones that select held-out tasks (for evaluation)."""
+
     protocol: ClassVar[str] = (
         "You are playing a text game. Read the rules in the first message and answer each turn with one move, "
         "written exactly in the format the rules ask for (most games want the move in square brackets, e.g. "

@@ -105,6 +105,9 @@ class TextWorldEnv(TextEnv):
         render_mode: ``"ansi"`` or ``None``.
     """
 
+    held_out_kwargs: ClassVar[dict[str, Any]] = {"split": "test"}
+    """``gym.make`` kwargs over the training ones that select held-out tasks (for evaluation)."""
+
     protocol: ClassVar[str] = (
         "You are playing a text adventure game. Do what the game asks. Each turn, write exactly one command "
         "inside <action></action> tags, for example <action>go north</action> or <action>take coin</action>. "
