@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ from stepgym.envs.adapters import ADAPTERS, check_known, dependency_error
 from stepgym.envs.base import TextEnv, parse_tagged_action
 
 __all__ = ["DEFAULT_SETTINGS", "TEST_SEED_OFFSET", "TextWorldEnv", "game_settings"]
+
+_STATUS_LINE = re.compile(r"\n>\s*(-= .* =-\S*)?\s*$")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 TEST_SEED_OFFSET = 1_000_000
 """Test task ``k`` uses seed ``TEST_SEED_OFFSET + k`` (train task ``k`` uses ``k``)."""
@@ -186,7 +190,7 @@ class TextWorldEnv(TextEnv):
             "won": False,
             "score": 0.0,
         }
-        return str(state.feedback), info
+        return _clean(state.feedback), info
 
     def _step(self, action_text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._state is None or self._done:
@@ -210,7 +214,7 @@ class TextWorldEnv(TextEnv):
             "admissible_actions": list(state["admissible_commands"]),
             **self._outcome(state),
         }
-        return str(state.feedback), reward, self._done, truncated and not self._done, info
+        return _clean(state.feedback), reward, self._done, truncated and not self._done, info
 
     def close(self) -> None:
         """Stop the game interpreter (a later reset starts a new one)."""
@@ -245,3 +249,12 @@ class TextWorldEnv(TextEnv):
             # so a game file that exists always has its .json
             os.replace(built.with_suffix(".json"), path.with_suffix(".json"))
             os.replace(built, path)
+
+
+def _clean(feedback: str) -> str:
+    """TextWorld's feedback without the interpreter's trailing prompt and status bar.
+
+    A compiled game ends each output with ``>``, ~130 spaces and the status bar (``-= Sauna =-0/2``: room,
+    score/moves); that line carries nothing the text above lacks and costs ~30 tokens per step.
+    """
+    return _BLANK_LINES.sub("\n\n", _STATUS_LINE.sub("", str(feedback))).strip()
