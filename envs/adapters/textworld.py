@@ -252,9 +252,13 @@ class TextWorldEnv(TextEnv):
 
 
 def _clean(feedback: str) -> str:
-    """TextWorld's feedback without the interpreter's trailing prompt and status bar.
+    """TextWorld's feedback without decoration: the ASCII-art title and the trailing prompt and status bar.
 
-    A compiled game ends each output with ``>``, ~130 spaces and the status bar (``-= Sauna =-0/2``: room,
-    score/moves); that line carries nothing the text above lacks and costs ~30 tokens per step.
+    A compiled game opens with a ~1,300-character "TextWorld" title drawn in underscores, bars, dollars and
+    spaces, and ends each output with ``>``, ~130 spaces and the status bar (``-= Sauna =-0/2``: room,
+    score/moves); neither says anything the text lacks, and together they cost hundreds of prompt tokens.
     """
-    return _BLANK_LINES.sub("\n\n", _STATUS_LINE.sub("", str(feedback))).strip()
+    lines = _STATUS_LINE.sub("", str(feedback)).split("\n")
+    while lines and not any(c.isalnum() for c in lines[0]):  # title art: no letters or digits
+        lines.pop(0)
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
