@@ -14,6 +14,8 @@ atomically so parallel workers may share the folder) and plays it with ``textwor
   ends (``terminated``) when the game is won or lost and is ``truncated`` after ``max_steps`` steps.
   ``info["score"]`` is the points so far divided by the game's ``max_score`` (the rollout's outcome),
   ``info["points"]`` the raw points, ``info["won"]`` TextWorld's won flag.
+* **Observations** -- TextWorld's feedback without its decoration (the ASCII-art title of the first one and
+  the interpreter's trailing prompt and status bar).
 """
 
 from __future__ import annotations
