@@ -7,6 +7,7 @@ and their heavy backends load only on ``gym.make``). It never imports torch.
 from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
+from stepgym.envs.adapters import list_adapter_env_ids, register_adapter_envs
 from stepgym.envs.base import ParsedAction, TextEnv, parse_tagged_action, strip_thinking, think_spans
 from stepgym.envs.capabilities import (
     SEED_SUBSET,
@@ -44,6 +45,7 @@ __all__ = [
     "env_spec",
     "env_task_ids",
     "env_task_subset",
+    "list_adapter_env_ids",
     "parse_tagged_action",
     "read_jsonl",
     "resolve_data_dir",
@@ -67,3 +69,6 @@ BUILTIN_ENVS: dict[str, str] = {
 for _env_id, _entry_point in BUILTIN_ENVS.items():
     if _env_id not in registry:
         register(id=_env_id, entry_point=_entry_point)
+
+# the ecosystem adapters' ids (textarena/..., reasoning_gym/..., ...): entry points only, no ecosystem imported
+register_adapter_envs()

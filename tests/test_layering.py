@@ -40,7 +40,10 @@ def test_envs_import_without_torch():
     code = (
         "import sys; import stepgym.envs, gymnasium as gym; "
         "[gym.spec(i) for i in stepgym.envs.BUILTIN_ENVS]; "
-        "bad = [m for m in ('torch', 'transformers', 'pyserini', 'faiss', 'alfworld') if m in sys.modules]; "
+        "[gym.spec(i) for i in stepgym.envs.list_adapter_env_ids()]; "
+        "heavy = ('torch', 'transformers', 'pyserini', 'faiss', 'alfworld', "
+        "'textarena', 'reasoning_gym', 'textworld', 'scienceworld'); "
+        "bad = [m for m in heavy if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
