@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from gymnasium.envs.registration import EnvSpec
 from stepgym.envs.pool.host import Command, EnvHost
@@ -28,6 +28,7 @@ __all__ = ["LocalWorker", "PoolBackend", "ProcessWorker", "Worker", "start_worke
 PoolBackend = Literal["inprocess", "process", "ray"]
 
 
+@runtime_checkable
 class Worker(Protocol):
     """One host of envs behind a transport; requests are answered in the order they are sent."""
 
