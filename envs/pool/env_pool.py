@@ -16,7 +16,7 @@ from gymnasium.envs.registration import EnvSpec
 from stepgym.envs.ids import env_spec
 from stepgym.envs.pool.episodes import Episodes, Reset
 from stepgym.envs.pool.host import Command
-from stepgym.envs.pool.memory import recyclable_workers
+from stepgym.envs.pool.memory import recycle_fat_workers
 from stepgym.envs.pool.results import EnvStep, PoolStateError, WorkerDied, died_reset, died_step
 from stepgym.envs.pool.tickets import Dispatcher, Ticket
 from stepgym.envs.pool.transports import PoolBackend, Worker, start_workers
@@ -145,7 +145,8 @@ class EnvPool:
                 raise PoolStateError(
                     f"env {i} has a step in flight; collect it with poll_steps()/wait_steps() before resetting it"
                 )
-        self._recycle_fat_workers(idx)
+        if self.max_worker_rss_mb is not None and self.backend != "inprocess":
+            recycle_fat_workers(self._dispatch, self._episodes, idx, self.max_worker_rss_mb)
         for i in idx:
             self._episodes.active[i] = False
             self._episodes.lost.pop(i, None)
@@ -336,19 +337,3 @@ class EnvPool:
         except BaseException:
             self._episodes.forget(ticket)  # never sent: the envs are free again
             raise
-
-    def _recycle_fat_workers(self, resetting: Sequence[int]) -> None:
-        if self.max_worker_rss_mb is None or self.backend == "inprocess":
-            return
-        candidates = recyclable_workers(
-            [w for w, _ in self._where],
-            busy={w for w, q in enumerate(self._dispatch.queues) if q},
-            pending=self._episodes.resetting.keys() | self._episodes.stepping.keys(),
-            active=self._episodes.active,
-            resetting=set(resetting),
-        )
-        for w in candidates:
-            rss = self._workers[w].rss_mb()
-            if rss > self.max_worker_rss_mb:
-                logger.info("recycling env worker %d at %.0f MiB (cap %.0f)", w, rss, self.max_worker_rss_mb)
-                self._dispatch.replace(w)

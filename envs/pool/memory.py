@@ -7,10 +7,18 @@ between episodes, so no running episode is cut.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["recyclable_workers", "rss_mb"]
+if TYPE_CHECKING:  # types only: the host imports this module
+    from stepgym.envs.pool.episodes import Episodes
+    from stepgym.envs.pool.tickets import Dispatcher
+
+__all__ = ["recyclable_workers", "recycle_fat_workers", "rss_mb"]
+
+logger = logging.getLogger(__name__)
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -53,3 +61,19 @@ def recyclable_workers(
         if any(i in resetting for i in envs):
             out.append(w)
     return out
+
+
+def recycle_fat_workers(dispatch: Dispatcher, episodes: Episodes, resetting: Sequence[int], cap_mb: float) -> None:
+    """Replace every worker that may be recycled now and holds more than ``cap_mb`` MiB."""
+    candidates = recyclable_workers(
+        [w for w, _ in episodes.where],
+        busy={w for w, q in enumerate(dispatch.queues) if q},
+        pending=episodes.resetting.keys() | episodes.stepping.keys(),
+        active=episodes.active,
+        resetting=set(resetting),
+    )
+    for w in candidates:
+        rss = dispatch.workers[w].rss_mb()
+        if rss > cap_mb:
+            logger.info("recycling env worker %d at %.0f MiB (cap %.0f)", w, rss, cap_mb)
+            dispatch.replace(w)
