@@ -78,3 +78,16 @@ def test_fsdp2_two_processes_equal_one_process(tmp_path):
     dist_metrics = torch.load(tmp_path / "metrics.pt")
     for key in ("loss/policy", "loss/kl", "loss/entropy", "loss/total"):
         assert dist_metrics[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+
+
+def test_process_group_helpers_with_and_without_a_group(tmp_path):
+    import torch.distributed as dist
+    from stepgym.trainers.distributed import cleanup, global_rank, is_distributed, is_main, world_size
+
+    assert (is_distributed(), global_rank(), world_size(), is_main()) == (False, 0, 1, True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert (is_distributed(), global_rank(), world_size(), is_main()) == (True, 0, 1, True)
+    finally:
+        cleanup()
+    assert not is_distributed()

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from stepgym.trainers.config import TrainConfig, save_config
+from stepgym.trainers.distributed import global_rank, is_distributed
 
 __all__ = [
     "CheckpointState",
@@ -96,12 +96,8 @@ def restore_rng(
 
 
 # =========================================================================== state dicts
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -112,7 +108,7 @@ def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(
@@ -161,7 +157,7 @@ def save_checkpoint(
 
     weights = _model_state(model)  # collective under FSDP: every rank calls it
     optim = _optim_state(model, optimizer)
-    if _distributed() and dist.get_rank() != 0:
+    if global_rank() != 0:
         return None
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -226,7 +222,7 @@ def load_checkpoint(
         path = newest
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "model.safetensors"))
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -240,7 +236,7 @@ def load_checkpoint(
     if optimizer is not None or scheduler is not None:
         blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         if optimizer is not None:
-            if _distributed():
+            if is_distributed():
                 set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=opts)
             else:
                 optimizer.load_state_dict(blob["optimizer"])

@@ -22,7 +22,18 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "cleanup", "full_state_dict", "init_distributed", "is_main", "shard_model", "shard_rows"]
+__all__ = [
+    "DistInfo",
+    "cleanup",
+    "full_state_dict",
+    "global_rank",
+    "init_distributed",
+    "is_distributed",
+    "is_main",
+    "shard_model",
+    "shard_rows",
+    "world_size",
+]
 
 
 @dataclass(frozen=True)
@@ -62,14 +73,29 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 600.0) ->
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group is running (several trainer processes)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def global_rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """How many trainer processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main() -> bool:
     """True on rank 0 (and when not distributed)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return global_rank() == 0
 
 
 def cleanup() -> None:
     """Leave the process group (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
@@ -93,7 +119,7 @@ def shard_model(
     Raises:
         RuntimeError: ``torch.distributed`` is not initialised.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         raise RuntimeError("shard_model needs an initialised process group; call init_distributed() first")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -131,7 +157,7 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     A collective under ``torch.distributed`` (every rank must call it): rank 0 gets every tensor,
     other ranks an empty dict. Without a process group: ``model.state_dict()``.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -83,7 +83,14 @@ from stepgym.trainers.batch import RolloutBatch, collate
 from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stepgym.trainers.config import TrainConfig, save_config
 from stepgym.trainers.credit import check_credit_kwargs
-from stepgym.trainers.distributed import full_state_dict, shard_model, shard_rows
+from stepgym.trainers.distributed import (
+    full_state_dict,
+    global_rank,
+    is_distributed,
+    shard_model,
+    shard_rows,
+    world_size,
+)
 from stepgym.trainers.faults import drop_env_faults
 from stepgym.trainers.metrics import MultiSink, make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
@@ -122,7 +129,7 @@ def _draw_tasks(task_ids: Sequence[Task], n: int, seed: int) -> list[Task]:
 
 def _broadcast_trajectories(trajs: list[Trajectory] | None) -> list[Trajectory]:
     """Rank 0's rollouts to every rank (JSON over ``broadcast_object_list``)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return trajs or []
     box = [[t.model_dump_json() for t in trajs] if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
@@ -237,8 +244,8 @@ def train(
     if not task_ids:
         raise ValueError("task_ids is empty; nothing to train on (check train_subsets)")
     out = Path(config.output_dir)
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = global_rank()
+    world = world_size()
     if rank == 0:
         save_config(config, out)
     torch.manual_seed(config.seed)

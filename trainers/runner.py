@@ -40,6 +40,7 @@ from stepgym.trainers.batch import RolloutBatch
 from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint
 from stepgym.trainers.config import CONFIG_FILENAME, TrainConfig, load_config
 from stepgym.trainers.credit import get_credit
+from stepgym.trainers.distributed import global_rank, is_distributed
 from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
 from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
 from stepgym.trainers.optim import apply_lora
@@ -419,7 +420,7 @@ def run_training(
         wrap_rollout: Wraps the rollout function (e.g. to inspect every batch of trajectories).
     """
     method = get_credit(config.credit)
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = global_rank()
     # everything that can fail without the model is checked before it loads (that takes minutes at scale)
     resolve_env_id(config.env_id)  # did-you-mean for a misspelt id
     if config.rollout.backend == "vllm":
@@ -446,7 +447,7 @@ def run_training(
     def stop() -> bool:
         nonlocal stopped
         stopped = bool(should_stop and should_stop())
-        if dist.is_available() and dist.is_initialized():  # rank 0 decides, so every rank stops at the same step
+        if is_distributed():  # rank 0 decides, so every rank stops at the same step
             box = [stopped]
             dist.broadcast_object_list(box, src=0)
             stopped = bool(box[0])

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from stepgym.trainers.config import LossConfig
 from stepgym.trainers.credit import AuxLoss
+from stepgym.trainers.distributed import is_distributed, world_size
 from stepgym.trainers.losses import (
     aggregate,
     aggregation_normalizer,
@@ -227,13 +228,9 @@ class UpdateInputs:
 
 
 # =========================================================================== the update
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     """Reduce ``x`` over processes (a new tensor on ``x``'s device); NCCL needs it on the current GPU."""
-    if _distributed():
+    if is_distributed():
         dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
         y = x.to(dev)
         dist.all_reduce(y, op=op)
@@ -293,7 +290,7 @@ def ppo_update(
             f"{inputs.num_rows} rows cannot fill {mini_batches} mini-batches; lower mini_batches or collect more rows"
         )
     train_value = inputs.returns is not None and value_head is not None
-    world = dist.get_world_size() if _distributed() else 1
+    world = world_size()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     norm_length = cfg.norm_length  # Dr.GRPO's constant (TrainConfig fills it); never the padded length
     totals: dict[str, float] = {}
@@ -385,7 +382,7 @@ def ppo_update(
                 terms["total"] = loss
 
                 finite = bool(torch.isfinite(loss.detach()))
-                if _distributed():  # every rank must stop together, or the others hang in the next collective
+                if is_distributed():  # every rank must stop together, or the others hang in the next collective
                     finite = bool(_all_reduce(torch.tensor([float(not finite)]), dist.ReduceOp.MAX) == 0)
                 if not finite:
                     optimizer.zero_grad(set_to_none=True)
@@ -420,7 +417,7 @@ def ppo_update(
                 totals[key] = totals.get(key, 0.0) + v
 
     grad_norm_total = totals.pop("grad_norm", 0.0)
-    if _distributed() and totals:  # each process holds its rows' share of every (globally normalised) term
+    if is_distributed() and totals:  # each process holds its rows' share of every (globally normalised) term
         keys = sorted(totals)
         summed = _all_reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
         totals = dict(zip(keys, summed.tolist()))
