@@ -12,7 +12,7 @@ import torch
 from stepgym.trainers.config import OptimConfig, TrainConfig
 from stepgym.trainers.grpo import train
 from stepgym.trainers.metrics import JsonlSink
-from trainer_helpers import tiny_model, trivial_rollout
+from trainer_helpers import logprob_teacher, tiny_model, trivial_rollout
 
 TASKS = [f"t{i}" for i in range(4)]
 
@@ -54,13 +54,28 @@ def _no_time(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    ref_cfg = _config(ref_dir)
-    ref_model = tiny_model(0)
-    train(ref_cfg, model=ref_model, task_ids=TASKS, rollout=trivial_rollout(8))
+# Each case holds state a resume must give back: the teacher snapshot and the step it was taken
+# (interval 3, so the snapshot at checkpoint 2 is the initial policy, not the resumed one), the KL
+# reference (a different init is resumed, so it must come from the checkpoint), the value head, LoRA adapters.
+RESUME_CASES = {
+    "grpo": {},
+    "stepopsd": dict(credit="stepopsd", teacher={"mode": "snapshot", "snapshot_interval": 3}),
+    "sdar": dict(credit="sdar", credit_kwargs={"lam": 0.5}, teacher={"mode": "snapshot", "snapshot_interval": 3}),
+    "steppo": dict(credit="steppo", loss={"kl_coef": 0.1, "reference": "initial"}),
+    "lora": dict(lora={"enabled": True, "rank": 4, "alpha": 8.0}, loss={"kl_coef": 0.1, "reference": "initial"}),
+}
 
-    cfg = _config(killed_dir)
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, case):
+    kw = RESUME_CASES[case]
+    teacher = logprob_teacher if "teacher" in kw else None
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    ref_cfg = _config(ref_dir, **kw)
+    ref_model = tiny_model(0)
+    train(ref_cfg, model=ref_model, task_ids=TASKS, rollout=trivial_rollout(8), teacher=teacher)
+
+    cfg = _config(killed_dir, **kw)
     killed_dir.mkdir()
     cfg_path = killed_dir / "cfg.json"
     cfg_path.write_text(cfg.model_dump_json())
@@ -81,8 +96,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert [p.name for p in (killed_dir / "checkpoints").iterdir()] == ["step-00000002"]
 
-    model = tiny_model(7)  # different init: the weights must come from the checkpoint
-    hist = train(cfg, model=model, task_ids=TASKS, rollout=trivial_rollout(8))
+    # a different init: the weights must come from the checkpoint (under LoRA the frozen base is the config's model)
+    model = tiny_model(0 if case == "lora" else 7)
+    hist = train(cfg, model=model, task_ids=TASKS, rollout=trivial_rollout(8), teacher=teacher)
     assert len(hist) == 2  # steps 3 and 4 only
     ref_rows = JsonlSink.read(ref_dir / "metrics.jsonl")
     rows = JsonlSink.read(killed_dir / "metrics.jsonl")
