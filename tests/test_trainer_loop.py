@@ -107,6 +107,46 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, case):
         assert torch.equal(p, q), n
 
 
+def test_resume_passes_over_a_corrupt_newest_checkpoint_and_moves_it_aside(tmp_path, caplog):
+    cfg = _config(tmp_path, total_steps=4, checkpoint_every=2)
+    train(cfg, model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8))
+    ref_rows = JsonlSink.read(tmp_path / "metrics.jsonl")
+    bad = tmp_path / "checkpoints" / "step-00000004"
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[:16] = b"\xff" * 16  # header garbage, size unchanged: safetensors' "incomplete metadata"
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        hist = train(cfg, model=tiny_model(7), task_ids=TASKS, rollout=trivial_rollout(8))
+    assert len(hist) == 2  # resumed from step 2, redid steps 3 and 4
+    assert _no_time(JsonlSink.read(tmp_path / "metrics.jsonl")) == _no_time(ref_rows)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("step-00000004" in w and "corrupt" in w for w in warnings), warnings
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000002", "step-00000004", "step-00000004.corrupt"]
+
+
+def test_checkpoints_by_wall_time_and_keeps_the_training_time_across_a_resume(tmp_path):
+    from stepgym.trainers.checkpoint import list_checkpoints, read_checkpoint_state
+
+    # checkpoint_every=0 saves only at the end; a tiny checkpoint_minutes saves after every step
+    cfg = _config(tmp_path, total_steps=3, checkpoint_every=0, checkpoint_minutes=1e-9, keep_last=5)
+    hist = train(cfg, model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8))
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-00000001", "step-00000002", "step-00000003"]
+    first = read_checkpoint_state(ckpts[-1]).extra["train_seconds"]
+    assert first == hist[-1]["time/total"] == pytest.approx(sum(m["time/step"] for m in hist))
+    # a longer run resumed from step 3: its training time adds to the first run's
+    more = train(
+        cfg.model_copy(update={"total_steps": 4}), model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8)
+    )
+    assert len(more) == 1 and more[0]["time/total"] > first
+    assert (
+        read_checkpoint_state(tmp_path / "checkpoints" / "step-00000004").extra["train_seconds"]
+        == more[0]["time/total"]
+    )
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-00000004"
+
+
 def test_teacher_methods_need_a_teacher(tmp_path):
     from stepgym.trainers.credit import register_credit
 

@@ -466,13 +466,14 @@ def train(
         if evaluate is not None and config.eval.every and done % config.eval.every == 0 and rank == 0:
             rollout_model.eval()
             metrics.update({f"eval/{k}": float(v) for k, v in evaluate(rollout_model, done).items()})
-        train_seconds += time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t0
+        train_seconds += step_seconds
         metrics.update(
             {
                 "time/rollout": t_rollout - t0,
                 "time/credit": t_credit - t_rollout,
                 "time/update": t_update - t_credit,
-                "time/step": time.perf_counter() - t0,
+                "time/step": step_seconds,
                 "time/total": train_seconds,
             }
         )
