@@ -51,6 +51,7 @@ from stepgym.trainers.value import VALUE_HEAD_NAME
 __all__ = [
     "TRAINING_STATE_DIR",
     "CheckpointError",
+    "CheckpointMismatchError",
     "CheckpointState",
     "capture_rng",
     "is_checkpoint",
@@ -74,6 +75,10 @@ _POLICY_FILE = "policy.safetensors"
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder is incomplete or corrupt (the message names the folder and the file)."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """An intact checkpoint does not fit the model it is loaded into (no fallback: older ones would not fit either)."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +376,8 @@ def read_checkpoint_state(path: str | Path) -> CheckpointState:
 def verify_checkpoint(path: str | Path) -> None:
     """Check that every file of checkpoint ``path`` is present with its recorded size and parses.
 
-    Cheap: safetensors headers are parsed but no tensor is read, so a bit flip inside a tensor is not detected.
+    JSON files must parse (whatever their size: the ``TrainConfig`` may be edited by hand). Cheap:
+    safetensors headers are parsed but no tensor is read, so a bit flip inside a tensor is not detected.
 
     Raises:
         CheckpointError: What is wrong, naming the folder and the file.
@@ -388,7 +394,12 @@ def verify_checkpoint(path: str | Path) -> None:
         f = path / rel
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {rel} is missing")
-        if size is not None and f.stat().st_size != size:
+        if rel.endswith(".json"):  # may be edited by hand (the TrainConfig): it must parse, whatever its size
+            try:
+                json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {rel} is not valid JSON ({e})") from e
+        elif size is not None and f.stat().st_size != size:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: {rel} has {f.stat().st_size} bytes, {size} were written"
             )
@@ -418,14 +429,14 @@ def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, 
         unexpected = sorted(set(tensors) - set(full)) if partial else []
         full.update(tensors)
         if unexpected:
-            raise CheckpointError(f"{what} holds tensors the model does not have: {unexpected[:3]}")
+            raise CheckpointMismatchError(f"{what} holds tensors the model does not have: {unexpected[:3]}")
         set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True))
         return
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     lost = [k for k in missing if not partial or k in trainable]
     if unexpected or lost:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{what} does not match the model: missing {lost[:3]}, unexpected {unexpected[:3]}; was it written "
             "by a run with another model, LoRA setting or credit method (StepPO adds a value head)?"
         )
@@ -500,6 +511,7 @@ def load_checkpoint(
         FileNotFoundError: No checkpoint at ``path``.
         CheckpointError: The checkpoint folder ``path`` (or, for a root, every checkpoint in it) is
             incomplete or corrupt.
+        CheckpointMismatchError: The checkpoint was written for another model, LoRA setting or method.
     """
     path = Path(path)
     modules = modules or {}
