@@ -275,7 +275,7 @@ def save_checkpoint(
         tokenizer: Saved at the top of the folder (``save_pretrained``) so it loads with ``AutoTokenizer``.
         modules: Further modules to restore exactly on load (teacher snapshot, KL reference).
         export_model: An unsharded module with the same weights as ``model`` to take the Hugging Face
-            weights from; needed on rank 0 under ``torch.distributed`` (the loop's rollout replica).
+            weights from (the loop's rollout replica on rank 0); needed for a sharded LoRA model.
 
     Returns:
         The checkpoint folder (``None`` on ranks other than 0).
@@ -286,7 +286,8 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     # collectives under FSDP: every rank gathers the full states
-    own = _own_tensors(_model_state(model), _is_peft(model))
+    full = _model_state(model)
+    own = _own_tensors(full, _is_peft(model))
     optim = _optim_state(model, optimizer)
     saved_modules = {}
     for name, module in (modules or {}).items():
@@ -294,11 +295,18 @@ def save_checkpoint(
         saved_modules[name] = (_own_tensors(sd, True) if _is_peft(module) else sd, _is_peft(module))
     if _distributed() and dist.get_rank() != 0:
         return None
-    if export_model is None:
-        if _distributed():
-            raise ValueError("save_checkpoint under torch.distributed needs export_model= (rank 0's unsharded replica)")
+    if export_model is None and not _distributed():
         export_model = model
-    hf = _cpu(rollout_state_dict(export_model))
+    if export_model is not None:
+        hf = _cpu(rollout_state_dict(export_model))
+    elif not _is_peft(model):  # sharded, no LoRA: the gathered weights already have the HF names
+        hf = {k: v for k, v in full.items() if k not in own}
+        export_model = model
+    else:
+        raise ValueError(
+            "save_checkpoint of a sharded LoRA model needs export_model= (rank 0's unsharded replica) to fold "
+            "the adapters into the Hugging Face weights"
+        )
     _check_finite({**hf, **own}, step)
 
     root = Path(root)
