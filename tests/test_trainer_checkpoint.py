@@ -235,3 +235,33 @@ def test_step_folder_is_a_hf_model_folder_and_modules_round_trip(tmp_path):
     for a, b in ((other, model), (twin, teacher)):
         for k, v in a.state_dict().items():
             assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_checkpoints_of_the_older_layout_still_load(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from stepgym.trainers.value import attach_value_head
+
+    model, opt, _, _ = _setup()
+    attach_value_head(model)
+    with torch.no_grad():
+        model.value_head.proj.bias.fill_(0.5)
+    step = save_checkpoint(tmp_path, 3, model=model, optimizer=opt, config=TrainConfig(model="m", env_id="e"))
+    # rewrite it as the older layout wrote it: one full state dict, state.json and the rest at the top
+    state_dir = step / "training_state"
+    full = {**load_file(str(step / "model.safetensors")), **load_file(str(state_dir / "policy.safetensors"))}
+    save_file(full, str(step / "model.safetensors"))
+    state = json.loads((state_dir / "state.json").read_text())
+    for key in ("files", "policy_partial", "modules"):
+        del state[key]
+    (step / "state.json").write_text(json.dumps({**state, "format_version": 1}))
+    for name in ("optimizer.pt", "rng.safetensors", "config.json"):
+        shutil.move(state_dir / name, step / name)
+    shutil.rmtree(state_dir)
+    fresh = tiny_model(4)
+    attach_value_head(fresh)
+    assert load_checkpoint(tmp_path, model=fresh, optimizer=opt).step == 3
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert load_config(step).model == "m"
