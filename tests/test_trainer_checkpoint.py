@@ -265,3 +265,24 @@ def test_checkpoints_of_the_older_layout_still_load(tmp_path):
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
     assert load_config(step).model == "m"
+
+
+def test_lora_adapters_refuse_another_base_model(tmp_path):
+    from stepgym.trainers.checkpoint import CheckpointMismatchError
+    from stepgym.trainers.config import LoRAConfig
+    from stepgym.trainers.optim import apply_lora
+
+    lora = LoRAConfig(enabled=True, rank=2, target_modules=("q_proj",))
+    model = apply_lora(tiny_model(0), lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.01)
+    save_checkpoint(tmp_path, 1, model=model, optimizer=opt)
+    same = apply_lora(tiny_model(0), lora)
+    load_checkpoint(tmp_path, model=same)
+    for k, v in same.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(CheckpointMismatchError, match="another base model"):
+        load_checkpoint(tmp_path, model=apply_lora(tiny_model(1), lora))

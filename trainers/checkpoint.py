@@ -163,6 +163,11 @@ def _own_tensors(sd: dict[str, torch.Tensor], peft: bool) -> dict[str, torch.Ten
     return {k: v for k, v in sd.items() if k.startswith(f"{VALUE_HEAD_NAME}.") or (peft and ".lora_" in k)}
 
 
+def _base_fingerprint(full: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[float]:
+    """Per-tensor float64 sums of the frozen base weights (LoRA): cheap, and enough to tell two bases apart."""
+    return [float(full[k].double().sum()) for k in sorted(full) if k not in own]
+
+
 def _optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     if _distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -344,6 +349,7 @@ def save_checkpoint(
         "extra": extra or {},
         # LoRA: policy.safetensors holds only the adapters, the frozen base is TrainConfig.model's
         "policy_partial": _is_peft(model),
+        "base_fingerprint": _base_fingerprint(full, own) if _is_peft(model) else None,
         "modules": {name: {"partial": partial} for name, (_, partial) in saved_modules.items()},
         "files": {str(p.relative_to(tmp)): p.stat().st_size for p in files},
     }
@@ -468,6 +474,11 @@ def _load_one(
         own = _load_tensors(path, f"{TRAINING_STATE_DIR}/{_POLICY_FILE}")
         partial = bool(state["policy_partial"])
         weights = own if partial else {**_load_tensors(path, "model.safetensors"), **own}
+        if partial and state.get("base_fingerprint") != _base_fingerprint(_model_state(model), own):
+            raise CheckpointMismatchError(
+                f"checkpoint {path} holds LoRA adapters trained on another base model than the one given; "
+                "load it into the model named by its TrainConfig (training_state/config.json)"
+            )
         _load_weights(model, weights, partial=partial, what=f"checkpoint {path}")
         for name, module in modules.items():
             if name in state["modules"]:
