@@ -205,6 +205,25 @@ def rollout_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _untie(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop every tensor that is a view of an earlier one (tied embeddings); returns ``(kept, {dropped: kept_name})``.
+
+    As ``save_pretrained`` does: the file holds ``model.embed_tokens.weight`` once and
+    ``from_pretrained`` re-ties ``lm_head.weight`` from the model config.
+    """
+    first: dict[tuple, str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    for k, v in sd.items():
+        where = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if v.numel() and where in first:
+            tied[k] = first[where]
+            continue
+        first.setdefault(where, k)
+        kept[k] = v
+    return kept, tied
+
+
 def _check_finite(tensors: dict[str, torch.Tensor], step: int) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -302,8 +321,10 @@ def save_checkpoint(
         return None
     if export_model is None and not _distributed():
         export_model = model
+    tied: dict[str, str] = {}
     if export_model is not None:
-        hf = _cpu(rollout_state_dict(export_model))
+        hf, tied = _untie(rollout_state_dict(export_model))
+        hf = _cpu(hf)
     elif not _is_peft(model):  # sharded, no LoRA: the gathered weights already have the HF names
         hf = {k: v for k, v in full.items() if k not in own}
         export_model = model
@@ -349,6 +370,7 @@ def save_checkpoint(
         "extra": extra or {},
         # LoRA: policy.safetensors holds only the adapters, the frozen base is TrainConfig.model's
         "policy_partial": _is_peft(model),
+        "tied": tied,  # left out of model.safetensors: dropped name -> the name it shares storage with
         "base_fingerprint": _base_fingerprint(full, own) if _is_peft(model) else None,
         "modules": {name: {"partial": partial} for name, (_, partial) in saved_modules.items()},
         "files": {str(p.relative_to(tmp)): p.stat().st_size for p in files},
@@ -473,7 +495,12 @@ def _load_one(
     if new:
         own = _load_tensors(path, f"{TRAINING_STATE_DIR}/{_POLICY_FILE}")
         partial = bool(state["policy_partial"])
-        weights = own if partial else {**_load_tensors(path, "model.safetensors"), **own}
+        if partial:
+            weights = own
+        else:
+            weights = {**_load_tensors(path, "model.safetensors"), **own}
+            for dropped, kept in state.get("tied", {}).items():
+                weights[dropped] = weights[kept]
         if partial and state.get("base_fingerprint") != _base_fingerprint(_model_state(model), own):
             raise CheckpointMismatchError(
                 f"checkpoint {path} holds LoRA adapters trained on another base model than the one given; "
