@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from stepgym.trainers.config import CONFIG_FILENAME, TRAINING_STATE_DIR, TrainConfig, save_config
+from stepgym.trainers.distributed import global_rank, is_distributed
 from stepgym.trainers.value import VALUE_HEAD_NAME
 
 __all__ = [
@@ -135,10 +135,6 @@ def restore_rng(
 
 
 # =========================================================================== state dicts
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "get_base_model")
 
@@ -149,7 +145,7 @@ def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -169,7 +165,7 @@ def _base_fingerprint(full: dict[str, torch.Tensor], own: dict[str, torch.Tensor
 
 
 def _optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(
@@ -317,9 +313,9 @@ def save_checkpoint(
     for name, module in (modules or {}).items():
         sd = _model_state(module)
         saved_modules[name] = (_own_tensors(sd, True) if _is_peft(module) else sd, _is_peft(module))
-    if _distributed() and dist.get_rank() != 0:
+    if global_rank() != 0:
         return None
-    if export_model is None and not _distributed():
+    if export_model is None and not is_distributed():
         export_model = model
     tied: dict[str, str] = {}
     if export_model is not None:
@@ -458,7 +454,7 @@ def _load_tensors(path: Path, rel: str) -> dict[str, torch.Tensor]:
 
 def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, partial: bool, what: str) -> None:
     """Load ``tensors`` into ``module``; ``partial``: the rest (a LoRA model's frozen base) stays as it is."""
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         full = _model_state(module) if partial else {}
@@ -521,7 +517,7 @@ def _load_one(
         except Exception as e:
             raise CheckpointError(f"checkpoint {path} is corrupt: optimizer.pt does not load ({e})") from e
         if optimizer is not None:
-            if _distributed():
+            if is_distributed():
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
                 opts = StateDictOptions(full_state_dict=True)

@@ -197,7 +197,7 @@ def _check_credit_finite(
 
 def _rank0_says(flag: bool) -> bool:
     """Rank 0's ``flag`` on every rank (a decision taken from a clock must be the same everywhere)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return flag
     box = [flag]
     dist.broadcast_object_list(box, src=0)
