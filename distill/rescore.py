@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -351,32 +351,54 @@ def teacher_logprobs_naive(
 
 # =========================================================================== teacher model
 class TeacherSnapshot:
-    """The teacher: a frozen copy of the policy refreshed every ``refresh_every`` steps, or the live policy.
+    """The teacher: a frozen copy of the policy refreshed every ``refresh_every`` training steps, or the live policy.
 
     StepOPSD's ``stale_ref`` (ALGORITHMS.md §4.3) refreshes every 10 training steps. ``refresh_every=0``
     means the live policy itself is the teacher (no copy). Whether the snapshot is also the KL
-    reference is the trainer's separate choice.
+    reference is the trainer's separate choice. The copy is made once and refreshed in place
+    (``load_state_dict``), so a copy that ``prepare`` sharded (FSDP) stays sharded; the trainer
+    checkpoints :attr:`model` and :attr:`taken_at` and gives them back with :meth:`restore`.
     """
 
-    def __init__(self, policy: nn.Module, refresh_every: int = 10) -> None:
+    def __init__(
+        self,
+        policy: nn.Module,
+        refresh_every: int = 10,
+        *,
+        prepare: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
         if refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0 (0 = live policy), got {refresh_every}")
         self.refresh_every = refresh_every
         self._model: nn.Module | None = None
         self._taken_at = -1
-        self.get(policy, 0)
+        if refresh_every:
+            twin = copy.deepcopy(policy).eval().requires_grad_(False)
+            self._model = prepare(twin) if prepare is not None else twin
+            self._taken_at = 0
 
     def get(self, policy: nn.Module, training_step: int) -> nn.Module:
         """The teacher for ``training_step`` (refreshes the copy when ``refresh_every`` steps have passed)."""
-        if self.refresh_every == 0:
+        if self._model is None:
             return policy
-        if self._model is None or training_step - self._taken_at >= self.refresh_every:
-            self._model = copy.deepcopy(policy).eval().requires_grad_(False)
+        if training_step - self._taken_at >= self.refresh_every:
+            self._model.load_state_dict(policy.state_dict())
             self._taken_at = training_step
             log.info("teacher snapshot refreshed at training step %d", training_step)
         return self._model
 
     @property
+    def model(self) -> nn.Module | None:
+        """The frozen copy (``None`` for the live policy)."""
+        return self._model
+
+    @property
     def taken_at(self) -> int:
         """Training step of the current snapshot (-1 for the live policy)."""
-        return self._taken_at if self.refresh_every else -1
+        return self._taken_at
+
+    def restore(self, taken_at: int) -> None:
+        """Set the step of a snapshot whose weights were loaded into :attr:`model` (resume)."""
+        if self._model is None:
+            raise ValueError("a live-policy teacher (refresh_every=0) has no snapshot to restore")
+        self._taken_at = taken_at

@@ -153,8 +153,8 @@ def test_teacher_snapshot_refresh():
         policy.weight.add_(1.0)
     # steps 1..9 keep the stale copy; step 10 refreshes it
     assert snap.get(policy, 9) is t0 and not torch.equal(t0.weight, policy.weight)
-    t10 = snap.get(policy, 10)
-    assert t10 is not t0 and torch.equal(t10.weight, policy.weight) and snap.taken_at == 10
+    t10 = snap.get(policy, 10)  # refreshed in place (a sharded copy stays sharded)
+    assert t10 is t0 is snap.model and torch.equal(t10.weight, policy.weight) and snap.taken_at == 10
     live = TeacherSnapshot(policy, refresh_every=0)
     assert live.get(policy, 3) is policy and live.taken_at == -1
     with pytest.raises(ValueError, match="refresh_every must be >= 0"):

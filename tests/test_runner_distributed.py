@@ -81,8 +81,12 @@ def test_two_gloo_processes_through_run_training_equal_one_process(tmp_path, cre
     one = run_training(_config(tmp_path / "one", credit))
 
     start = build_model(_config(tmp_path, credit))[0].state_dict()
-    w1 = load_file(str(one.checkpoint / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000001" / "model.safetensors"))
+    two = tmp_path / "two" / "checkpoints" / "step-00000001"
+    # the HF weights at the top, StepPO's value head in the training state
+    w1, w2 = (
+        {**load_file(str(d / "model.safetensors")), **load_file(str(d / "training_state/policy.safetensors"))}
+        for d in (one.checkpoint, two)
+    )
     head = {"value_head.proj.weight", "value_head.proj.bias"} if credit == "steppo" else set()
     assert set(w1) == set(w2) == set(start) | head
     moved, worst = 0.0, 0.0

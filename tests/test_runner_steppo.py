@@ -61,7 +61,7 @@ def test_steppo_checkpoint_without_head_is_refused(tmp_path):
     # a StepPO config whose checkpoint lacks the head (e.g. written by a GRPO run) fails loudly on load
     cfg = _config(tmp_path / "grpo", credit="grpo", credit_kwargs={}, total_steps=1)
     run_training(cfg)
-    cfg_file = tmp_path / "grpo" / "checkpoints" / "step-00000001" / "config.json"
+    cfg_file = tmp_path / "grpo" / "checkpoints" / "step-00000001" / "training_state" / "config.json"
     cfg_file.write_text(cfg_file.read_text().replace('"credit": "grpo"', '"credit": "steppo"'))
     with pytest.raises(RuntimeError, match="value_head"):
         load_checkpoint_model(tmp_path / "grpo")

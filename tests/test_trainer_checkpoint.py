@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 from stepgym.trainers.batch import collate
-from stepgym.trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from stepgym.trainers.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from stepgym.trainers.config import LossConfig, TrainConfig, load_config, save_config
 from stepgym.trainers.credit import get_credit
 from stepgym.trainers.metrics import JsonlSink, check_keys, make_sinks, namespaced
@@ -158,3 +166,123 @@ def test_metrics_jsonl_namespaces_and_resume(tmp_path):
         check_keys({"foo/x": 1.0})
     with pytest.raises(ValueError, match="unknown metrics sink 'csv'"):
         make_sinks(tmp_path, ("csv",))
+
+
+def _corrupt_header(path):
+    """Overwrite the start of a safetensors file with the same number of garbage bytes (size unchanged)."""
+    data = bytearray(path.read_bytes())
+    data[:16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage-header", "no-state"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog, damage):
+    model, opt, _, _ = _setup()
+    save_checkpoint(tmp_path, 1, model=model, optimizer=opt)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    save_checkpoint(tmp_path, 2, model=model, optimizer=opt)
+    bad = tmp_path / "step-00000002"
+    if damage == "truncated":
+        f = bad / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:1000])
+    elif damage == "garbage-header":  # the raw "SafetensorError ... incomplete metadata" of issue 14.8
+        _corrupt_header(bad / "model.safetensors")
+    else:
+        (bad / "training_state" / "state.json").unlink()
+    with pytest.raises(CheckpointError, match="step-00000002"):
+        verify_checkpoint(bad)
+    fresh = tiny_model(5)
+    with caplog.at_level("WARNING", logger="stepgym.trainers.checkpoint"):
+        state = load_checkpoint(tmp_path, model=fresh, optimizer=opt)
+    assert state.step == 1 and state.skipped == (bad,)
+    assert any("step-00000002" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    with pytest.raises(CheckpointError, match="step-00000002"):  # named explicitly: no silent fallback
+        load_checkpoint(bad, model=fresh)
+
+
+def test_keeps_two_checkpoints_by_default(tmp_path):
+    model, opt, _, _ = _setup()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model=model, optimizer=opt)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    assert TrainConfig(model="m", env_id="e").keep_last == 2
+
+
+def test_step_folder_is_a_hf_model_folder_and_modules_round_trip(tmp_path):
+    from stepgym.trainers.value import attach_value_head
+    from transformers import AutoModelForCausalLM
+
+    model, opt, _, _ = _setup()
+    attach_value_head(model)
+    teacher = tiny_model(3)
+    path = save_checkpoint(tmp_path, 4, model=model, optimizer=opt, modules={"teacher": teacher}, extra={"a": 1})
+    assert {"config.json", "generation_config.json", "model.safetensors", "training_state"} <= {
+        p.name for p in path.iterdir()
+    }
+    assert read_checkpoint_state(path).extra == {"a": 1}
+    hf = AutoModelForCausalLM.from_pretrained(path)  # no value head, no stepgym code
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids).logits, atol=1e-6)
+    other, twin = tiny_model(8), tiny_model(9)
+    attach_value_head(other)
+    state = load_checkpoint(path, model=other, modules={"teacher": twin})
+    assert state.modules == ("teacher",)
+    for a, b in ((other, model), (twin, teacher)):
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_checkpoints_of_the_older_layout_still_load(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from stepgym.trainers.value import attach_value_head
+
+    model, opt, _, _ = _setup()
+    attach_value_head(model)
+    with torch.no_grad():
+        model.value_head.proj.bias.fill_(0.5)
+    step = save_checkpoint(tmp_path, 3, model=model, optimizer=opt, config=TrainConfig(model="m", env_id="e"))
+    # rewrite it as the older layout wrote it: one full state dict, state.json and the rest at the top
+    state_dir = step / "training_state"
+    full = {**load_file(str(step / "model.safetensors")), **load_file(str(state_dir / "policy.safetensors"))}
+    save_file(full, str(step / "model.safetensors"))
+    state = json.loads((state_dir / "state.json").read_text())
+    for key in ("files", "policy_partial", "modules"):
+        del state[key]
+    (step / "state.json").write_text(json.dumps({**state, "format_version": 1}))
+    for name in ("optimizer.pt", "rng.safetensors", "config.json"):
+        shutil.move(state_dir / name, step / name)
+    shutil.rmtree(state_dir)
+    fresh = tiny_model(4)
+    attach_value_head(fresh)
+    assert load_checkpoint(tmp_path, model=fresh, optimizer=opt).step == 3
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert load_config(step).model == "m"
+
+
+def test_lora_adapters_refuse_another_base_model(tmp_path):
+    from stepgym.trainers.checkpoint import CheckpointMismatchError
+    from stepgym.trainers.config import LoRAConfig
+    from stepgym.trainers.optim import apply_lora
+
+    lora = LoRAConfig(enabled=True, rank=2, target_modules=("q_proj",))
+    model = apply_lora(tiny_model(0), lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.01)
+    save_checkpoint(tmp_path, 1, model=model, optimizer=opt)
+    same = apply_lora(tiny_model(0), lora)
+    load_checkpoint(tmp_path, model=same)
+    for k, v in same.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(CheckpointMismatchError, match="another base model"):
+        load_checkpoint(tmp_path, model=apply_lora(tiny_model(1), lora))

@@ -12,7 +12,7 @@ import torch
 from stepgym.trainers.config import OptimConfig, TrainConfig
 from stepgym.trainers.grpo import train
 from stepgym.trainers.metrics import JsonlSink
-from trainer_helpers import tiny_model, trivial_rollout
+from trainer_helpers import logprob_teacher, tiny_model, trivial_rollout
 
 TASKS = [f"t{i}" for i in range(4)]
 
@@ -54,13 +54,28 @@ def _no_time(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    ref_cfg = _config(ref_dir)
-    ref_model = tiny_model(0)
-    train(ref_cfg, model=ref_model, task_ids=TASKS, rollout=trivial_rollout(8))
+# Each case holds state a resume must give back: the teacher snapshot and the step it was taken
+# (interval 3, so the snapshot at checkpoint 2 is the initial policy, not the resumed one), the KL
+# reference (a different init is resumed, so it must come from the checkpoint), the value head, LoRA adapters.
+RESUME_CASES = {
+    "grpo": {},
+    "stepopsd": dict(credit="stepopsd", teacher={"mode": "snapshot", "snapshot_interval": 3}),
+    "sdar": dict(credit="sdar", credit_kwargs={"lam": 0.5}, teacher={"mode": "snapshot", "snapshot_interval": 3}),
+    "steppo": dict(credit="steppo", loss={"kl_coef": 0.1, "reference": "initial"}),
+    "lora": dict(lora={"enabled": True, "rank": 4, "alpha": 8.0}, loss={"kl_coef": 0.1, "reference": "initial"}),
+}
 
-    cfg = _config(killed_dir)
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, case):
+    kw = RESUME_CASES[case]
+    teacher = logprob_teacher if "teacher" in kw else None
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    ref_cfg = _config(ref_dir, **kw)
+    ref_model = tiny_model(0)
+    train(ref_cfg, model=ref_model, task_ids=TASKS, rollout=trivial_rollout(8), teacher=teacher)
+
+    cfg = _config(killed_dir, **kw)
     killed_dir.mkdir()
     cfg_path = killed_dir / "cfg.json"
     cfg_path.write_text(cfg.model_dump_json())
@@ -81,14 +96,55 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert [p.name for p in (killed_dir / "checkpoints").iterdir()] == ["step-00000002"]
 
-    model = tiny_model(7)  # different init: the weights must come from the checkpoint
-    hist = train(cfg, model=model, task_ids=TASKS, rollout=trivial_rollout(8))
+    # a different init: the weights must come from the checkpoint (under LoRA the frozen base is the config's model)
+    model = tiny_model(0 if case == "lora" else 7)
+    hist = train(cfg, model=model, task_ids=TASKS, rollout=trivial_rollout(8), teacher=teacher)
     assert len(hist) == 2  # steps 3 and 4 only
     ref_rows = JsonlSink.read(ref_dir / "metrics.jsonl")
     rows = JsonlSink.read(killed_dir / "metrics.jsonl")
     assert _no_time(rows) == _no_time(ref_rows)  # every metric of every step, bit-identical
     for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
         assert torch.equal(p, q), n
+
+
+def test_resume_passes_over_a_corrupt_newest_checkpoint_and_moves_it_aside(tmp_path, caplog):
+    cfg = _config(tmp_path, total_steps=4, checkpoint_every=2)
+    train(cfg, model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8))
+    ref_rows = JsonlSink.read(tmp_path / "metrics.jsonl")
+    bad = tmp_path / "checkpoints" / "step-00000004"
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[:16] = b"\xff" * 16  # header garbage, size unchanged: safetensors' "incomplete metadata"
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        hist = train(cfg, model=tiny_model(7), task_ids=TASKS, rollout=trivial_rollout(8))
+    assert len(hist) == 2  # resumed from step 2, redid steps 3 and 4
+    assert _no_time(JsonlSink.read(tmp_path / "metrics.jsonl")) == _no_time(ref_rows)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("step-00000004" in w and "corrupt" in w for w in warnings), warnings
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000002", "step-00000004", "step-00000004.corrupt"]
+
+
+def test_checkpoints_by_wall_time_and_keeps_the_training_time_across_a_resume(tmp_path):
+    from stepgym.trainers.checkpoint import list_checkpoints, read_checkpoint_state
+
+    # checkpoint_every=0 saves only at the end; a tiny checkpoint_minutes saves after every step
+    cfg = _config(tmp_path, total_steps=3, checkpoint_every=0, checkpoint_minutes=1e-9, keep_last=5)
+    hist = train(cfg, model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8))
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-00000001", "step-00000002", "step-00000003"]
+    first = read_checkpoint_state(ckpts[-1]).extra["train_seconds"]
+    assert first == hist[-1]["time/total"] == pytest.approx(sum(m["time/step"] for m in hist))
+    # a longer run resumed from step 3: its training time adds to the first run's
+    more = train(
+        cfg.model_copy(update={"total_steps": 4}), model=tiny_model(0), task_ids=TASKS, rollout=trivial_rollout(8)
+    )
+    assert len(more) == 1 and more[0]["time/total"] > first
+    assert (
+        read_checkpoint_state(tmp_path / "checkpoints" / "step-00000004").extra["train_seconds"]
+        == more[0]["time/total"]
+    )
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-00000004"
 
 
 def test_teacher_methods_need_a_teacher(tmp_path):

@@ -136,8 +136,8 @@ class _Accel:
 
 
 def _trl_loss(loss_type, logp, old, ref, adv, mask, entropies, *, beta, entropy_coef, max_len, eps_hi):
-    trl = pytest.importorskip("trl")
-    assert trl.__version__ == "1.16.0", f"formulas above were read from trl 1.16.0, installed {trl.__version__}"
+    # the same floor as pyproject.toml; the loss is TRL's own code, so a newer TRL whose formulas moved fails here
+    pytest.importorskip("trl", minversion="1.0")
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     class Stub:

@@ -55,3 +55,23 @@ def test_lora_errors():
         apply_lora(tiny_model(), LoRAConfig(enabled=True, target_modules=("c_attn",)))
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], OptimConfig())
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedules_are_transformers_get_scheduler_with_the_warmup_one_step_earlier(schedule):
+    from transformers import get_scheduler
+
+    names = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+    for warm in (0, 3):
+        cfg = OptimConfig(warmup_steps=warm, schedule=schedule)
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        hf = get_scheduler(names[schedule], opt, num_warmup_steps=warm, num_training_steps=12)
+        theirs = []
+        for _ in range(13):
+            theirs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            hf.step()
+        ours = [lr_factor(s, cfg, 12) for s in range(13)]
+        # identical after the warm-up; during it ours is theirs one step later (no update at lr 0)
+        assert ours[warm:] == pytest.approx(theirs[warm:], abs=1e-12)
+        assert ours[:warm] == pytest.approx(theirs[1 : warm + 1], abs=1e-12)

@@ -146,6 +146,16 @@ def trivial_rollout(group_size: int, gen_len: int = 3):
     return rollout
 
 
+def logprob_teacher(model, batch, trajs):
+    """A TeacherFn without hindsight: the teacher model's own log-probs of every generated token (tests of
+    the loop's teacher state, where only which weights score the tokens matters)."""
+    from stepgym.trainers.update import compute_logprobs
+
+    mask = batch.credit.mask
+    logp = compute_logprobs(model, batch.input_ids, batch.attention_mask, micro_batch_size=16, score_mask=mask)
+    return logp * mask, mask
+
+
 def small_run_config(output_dir: str | Path, **overrides: Any) -> TrainConfig:
     """A 2-step ``run_training`` config of the tiny model on CPU (2 tasks x group 2), for the runner tests."""
     base: dict[str, Any] = dict(

@@ -5,8 +5,9 @@ import time
 from pathlib import Path
 
 from stepgym.trainers.config import TrainConfig
+from stepgym.trainers.credit import get_credit
 from stepgym.trainers.grpo import step_seed, train
-from trainer_helpers import tiny_model, trivial_rollout
+from trainer_helpers import logprob_teacher, tiny_model, trivial_rollout
 
 if __name__ == "__main__":
     cfg = TrainConfig.model_validate_json(Path(sys.argv[1]).read_text())
@@ -19,4 +20,5 @@ if __name__ == "__main__":
             time.sleep(600)
         return inner(model, tasks, seed)
 
-    train(cfg, model=tiny_model(0), task_ids=[f"t{i}" for i in range(4)], rollout=rollout)
+    teacher = logprob_teacher if get_credit(cfg.credit).needs_teacher else None
+    train(cfg, model=tiny_model(0), task_ids=[f"t{i}" for i in range(4)], rollout=rollout, teacher=teacher)

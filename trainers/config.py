@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the registry needs torch; the CLI builds its flags from the
 
 __all__ = [
     "CONFIG_FILENAME",
+    "TRAINING_STATE_DIR",
     "EvalConfig",
     "LoRAConfig",
     "LossConfig",
@@ -35,7 +36,9 @@ __all__ = [
 ]
 
 CONFIG_FILENAME = "config.json"
-"""Name of the resolved config written next to every run and inside every checkpoint."""
+"""Name of the resolved config written next to every run and inside every checkpoint's training state."""
+TRAINING_STATE_DIR = "training_state"
+"""Subfolder of a checkpoint's step folder with the training state (its top is the Hugging Face model folder)."""
 
 
 def _is_number(annotation: Any) -> bool:
@@ -293,9 +296,11 @@ class TrainConfig(_Config):
     eval: EvalConfig = EvalConfig()
     """Periodic evaluation."""
     checkpoint_every: int = Field(10, ge=0)
-    """Save a checkpoint every this many steps (0 = only at the end)."""
-    keep_last: int = Field(3, ge=1)
-    """Checkpoints kept on disk (oldest deleted first)."""
+    """Save a checkpoint every this many steps (0 = only at the end and by ``checkpoint_minutes``)."""
+    checkpoint_minutes: float = Field(5.0, ge=0.0)
+    """Also save a checkpoint after a step that ends this many minutes after the last one (0 = by step only)."""
+    keep_last: int = Field(2, ge=1)
+    """Checkpoints kept on disk (oldest deleted first); two, so a corrupt newest one has an intact fallback."""
     seed: int = 0
     """Seed of every random draw in the run (tasks, sampling, shuffling, init of new heads)."""
     output_dir: str = "runs/default"
@@ -365,10 +370,11 @@ def save_config(config: TrainConfig, folder: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a config written by :func:`save_config` (a file, or a folder holding ``config.json``)."""
+    """Read a config written by :func:`save_config` (a file, a run folder, or a checkpoint's step folder)."""
     path = Path(path)
     if path.is_dir():
-        path = path / CONFIG_FILENAME
+        in_state = path / TRAINING_STATE_DIR / CONFIG_FILENAME  # a step folder's config.json is the model's
+        path = in_state if in_state.is_file() else path / CONFIG_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"no config at {path}; a run folder holds {CONFIG_FILENAME} written by save_config")
     return TrainConfig.model_validate_json(path.read_text())

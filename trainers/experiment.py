@@ -612,6 +612,7 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
                     "interrupted": result.interrupted,
                     "resumed_from": start,
                     "wall_s": time.perf_counter() - t0,
+                    "train_s": result.train_seconds,  # all training steps, those of interrupted runs included
                     "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                 }
                 if result.interrupted or stop():

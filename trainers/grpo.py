@@ -41,10 +41,12 @@
    mini-batch, recomputed ``logp_old``) the update is on-policy: ``r = 1`` and clipping is inactive.
    A NaN/inf loss or gradient norm raises before ``optimizer.step()``.
 6. **Sync, teacher, evaluation, checkpoint.** The rollout engine gets the new weights (in-process
-   the policy shares the module); the teacher snapshot is refreshed every
-   ``teacher.snapshot_interval`` steps; every ``eval.every`` steps each eval subset is played once
-   per task at ``eval.temperature``; every ``checkpoint_every`` steps (and at the end) an atomic
-   checkpoint is written. Metrics go to ``<output_dir>/metrics.jsonl`` with namespaced keys.
+   the policy shares the module); the teacher snapshot (:class:`~stepgym.distill.rescore.TeacherSnapshot`)
+   is refreshed every ``teacher.snapshot_interval`` steps; every ``eval.every`` steps each eval subset
+   is played once per task at ``eval.temperature``; every ``checkpoint_every`` steps, whenever
+   ``checkpoint_minutes`` have passed since the last one, and at the end, an atomic checkpoint is
+   written (a Hugging Face model folder with the training state in a subfolder, ``trainers/checkpoint.py``).
+   Metrics go to ``<output_dir>/metrics.jsonl`` with namespaced keys.
 
 The loop is written against two pluggable functions so it does not depend on a particular engine:
 
@@ -58,9 +60,11 @@ rolls out on an unsharded replica and broadcasts the trajectories; every rank co
 on all rows and updates its contiguous share of them on the FSDP2-sharded model (optimizer after
 sharding); the replica is re-synced from the full weights after every update.
 
-Resuming: the newest checkpoint under ``<output_dir>/checkpoints`` is loaded (weights with the value
-head, optimizer, scheduler, RNGs, step); every per-step random draw is seeded from ``(seed, step)``,
-so the steps after a resume reproduce an uninterrupted run's metrics exactly.
+Resuming: the newest intact checkpoint under ``<output_dir>/checkpoints`` is loaded (weights, value
+head, LoRA adapters, teacher snapshot and the step it was taken, KL reference, optimizer, scheduler,
+RNGs, step, training wall time so far); corrupt newer ones are renamed ``*.corrupt`` with a warning.
+Every per-step random draw is seeded from ``(seed, step)``, so the steps after a resume reproduce an
+uninterrupted run's metrics exactly.
 """
 
 from __future__ import annotations
@@ -68,19 +72,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from stepgym.agents.rollout import rollout_metrics
+from stepgym.distill.rescore import TeacherSnapshot
 from stepgym.envs.capabilities import Task
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import RolloutBatch, collate
-from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stepgym.trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from stepgym.trainers.config import TrainConfig, save_config
 from stepgym.trainers.credit import check_credit_kwargs
 from stepgym.trainers.distributed import (
@@ -188,6 +195,15 @@ def _check_credit_finite(
             )
 
 
+def _rank0_says(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (a decision taken from a clock must be the same everywhere)."""
+    if not is_distributed():
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     twin = copy.deepcopy(model).eval()
     for p in twin.parameters():
@@ -207,6 +223,7 @@ def train(
     resume: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    tokenizer: Any = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.total_steps`` steps; returns each step's metrics (this process).
 
@@ -223,6 +240,7 @@ def train(
         resume: Continue from the newest checkpoint under ``<output_dir>/checkpoints`` if there is one.
         on_step: Called with ``(step, metrics)`` after every step (progress bars).
         should_stop: Polled after every step; ``True`` writes a checkpoint and returns early (Ctrl-C).
+        tokenizer: Saved into every checkpoint, so a step folder loads with ``AutoTokenizer.from_pretrained``.
 
     Under ``torch.distributed`` every rank calls ``train`` with the same (unsharded) model and
     config: rank 0 runs ``rollout`` (and ``evaluate``) on an unsharded replica, every rank takes its
@@ -254,14 +272,20 @@ def train(
     value_head = attach_value_head(model) if method.needs_values else None
     # the KL reference is the policy as given (before any checkpoint is loaded into it)
     reference = _frozen_copy(model) if config.loss.reference == "initial" else None
-    teacher_model = _frozen_copy(model) if method.needs_teacher and config.teacher.mode == "snapshot" else None
+    snapshot = None
+    if method.needs_teacher:
+        interval = config.teacher.snapshot_interval if config.teacher.mode == "snapshot" else 0  # 0: live policy
+        snapshot = TeacherSnapshot(model, interval, prepare=shard_model if world > 1 else None)
     rollout_model = model
     if world > 1:
         # generation runs on rank 0 alone, so it needs an unsharded replica (re-synced after each update)
         rollout_model = _frozen_copy(model) if rank == 0 else None
         model = shard_model(model)
         reference = shard_model(reference) if reference is not None else None
-        teacher_model = shard_model(teacher_model) if teacher_model is not None else None
+    # frozen modules a resume must give back exactly
+    frozen = {"teacher": snapshot.model} if snapshot is not None and snapshot.model is not None else {}
+    if reference is not None:
+        frozen["reference"] = reference
     optimizer = build_optimizer(model.parameters(), config.optim)  # after sharding: over the DTensor shards
     low = [p for group in optimizer.param_groups for p in group["params"] if p.dtype in (torch.bfloat16, torch.float16)]
     if low and config.optim.lr < 1e-4:
@@ -274,20 +298,55 @@ def train(
         )
     updates_per_step = config.ppo_epochs * config.mini_batches
     scheduler = build_scheduler(optimizer, config.optim, config.total_steps * updates_per_step)
-    start = 0
+    start, prior_seconds = 0, 0.0
     ckpt_root = out / "checkpoints"
-    if resume and latest_checkpoint(ckpt_root) is not None:
-        start = load_checkpoint(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler).step
-        logger.info("resumed from step %d", start)
-        # after a resume the snapshot is the resumed policy: exact when checkpoint_every is a multiple of the interval
-        if teacher_model is not None:
-            teacher_model.load_state_dict(model.state_dict())
+    if resume and list_checkpoints(ckpt_root):
+        state = load_checkpoint(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler, modules=frozen)
+        start, prior_seconds = state.step, float(state.extra.get("train_seconds", 0.0))
+        logger.info("resumed from step %d (%s)", start, state.path)
+        if state.skipped and world > 1:
+            dist.barrier()  # every rank has passed over them before they are moved
+        for bad in state.skipped if rank == 0 else ():
+            aside = bad.with_name(f"{bad.name}.corrupt")
+            shutil.rmtree(aside, ignore_errors=True)
+            bad.rename(aside)
+            logger.warning("moved the corrupt checkpoint %s aside to %s", bad, aside)
+        if "teacher" in frozen:
+            if "teacher" in state.modules:
+                snapshot.restore(int(state.extra["teacher_step"]))
+            else:  # a checkpoint of the older layout has no snapshot
+                logger.warning(
+                    "%s holds no teacher snapshot; the snapshot restarts from the resumed policy", state.path
+                )
+                snapshot.model.load_state_dict(model.state_dict())
+                snapshot.restore(start)
+        if "reference" in frozen and "reference" not in state.modules:
+            logger.warning("%s holds no KL reference; the reference is the model as given to train()", state.path)
         if world > 1:
             _sync_replica(model, rollout_model)
     kinds, dump = config.metric_sinks, config.model_dump(mode="json")
     sink = make_sinks(out, kinds, resume_step=start, config=dump) if rank == 0 else MultiSink([])
     temperature = config.sampling.temperature
     history: list[dict[str, float]] = []
+    train_seconds = prior_seconds  # training wall time, the interrupted runs' before a resume included
+    last_save = time.monotonic()
+
+    def checkpoint(done: int) -> None:
+        nonlocal last_save
+        save_checkpoint(
+            ckpt_root,
+            done,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            keep_last=config.keep_last,
+            tokenizer=tokenizer,
+            modules=frozen,
+            export_model=rollout_model,
+            extra={"train_seconds": train_seconds, "teacher_step": snapshot.taken_at if snapshot is not None else -1},
+        )
+        last_save = time.monotonic()
 
     for step in range(start, config.total_steps):
         t0 = time.perf_counter()
@@ -333,8 +392,8 @@ def train(
                 score_mask=credit.mask,
             )
             credit = replace(credit, logp_old=logp_old * credit.mask)
-        if method.needs_teacher:
-            scorer = teacher_model if teacher_model is not None else model
+        if snapshot is not None:
+            scorer = snapshot.get(model, step)
             with torch.no_grad(), _unsharded(scorer):
                 logp_teacher, target_mask = teacher(scorer, batch, trajs)
             credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask)
@@ -342,7 +401,7 @@ def train(
         _check_credit_finite(method.name, out_credit.advantages, out_credit.returns, credit.mask, step, ckpt_root)
         logp_ref = None
         if config.loss.reference != "none":
-            ref = reference if config.loss.reference == "initial" else teacher_model
+            ref = reference if config.loss.reference == "initial" else snapshot.get(model, step)
             logp_ref = compute_logprobs(
                 ref,
                 batch.input_ids,
@@ -394,8 +453,6 @@ def train(
         if on_weights_updated is not None and rank == 0:
             on_weights_updated(rollout_model)
         done = step + 1
-        if teacher_model is not None and done % config.teacher.snapshot_interval == 0:
-            teacher_model.load_state_dict(model.state_dict())
 
         # ------------------------------------------------------------------ 5. metrics, evaluation
         metrics = {
@@ -409,12 +466,15 @@ def train(
         if evaluate is not None and config.eval.every and done % config.eval.every == 0 and rank == 0:
             rollout_model.eval()
             metrics.update({f"eval/{k}": float(v) for k, v in evaluate(rollout_model, done).items()})
+        step_seconds = time.perf_counter() - t0
+        train_seconds += step_seconds
         metrics.update(
             {
                 "time/rollout": t_rollout - t0,
                 "time/credit": t_credit - t_rollout,
                 "time/update": t_update - t_credit,
-                "time/step": time.perf_counter() - t0,
+                "time/step": step_seconds,
+                "time/total": train_seconds,
             }
         )
         if rank == 0:
@@ -427,16 +487,12 @@ def train(
         # ------------------------------------------------------------------ 6. checkpoint
         stop = should_stop is not None and should_stop()
         last = done == config.total_steps or stop
-        if (config.checkpoint_every and done % config.checkpoint_every == 0) or last:
-            save_checkpoint(
-                ckpt_root,
-                done,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                config=config,
-                keep_last=config.keep_last,
-            )
+        # by wall time too, so a crash or a second Ctrl-C loses at most checkpoint_minutes of finished steps
+        late = _rank0_says(
+            bool(config.checkpoint_minutes) and time.monotonic() - last_save >= 60 * config.checkpoint_minutes
+        )
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or last or late:
+            checkpoint(done)
         if stop:
             logger.info("stopped after step %d (checkpoint written)", done)
             break

@@ -3,13 +3,14 @@
 * :func:`build_optimizer` -- AdamW over the trainable parameters (``OptimConfig``).
 * :func:`lr_factor` / :func:`build_scheduler` -- linear warm-up over ``warmup_steps``, then constant,
   linear decay or cosine decay to 0 at ``total_steps``; one scheduler step per optimizer step.
+  The shapes are transformers' ``get_scheduler`` ones; the warm-up starts one step later, at
+  ``lr / warmup_steps`` instead of transformers' 0 (a first update at lr 0 would be a wasted step).
 * :func:`apply_lora` -- wrap the model with peft LoRA adapters (``LoRAConfig``); only adapter weights train.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from gymnasium.error import DependencyNotInstalled
@@ -28,29 +29,45 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimConfig) -
     )
 
 
+_HF_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+"""``OptimConfig.schedule`` -> the name transformers' ``get_scheduler`` knows it by."""
+
+
+def _factor_fn(config: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The schedule function of transformers' ``get_scheduler`` (its ``lr_lambdas[0]``), warm-up shifted by one step.
+
+    transformers ramps as ``step / warmup_steps``, so its first optimizer step runs at lr 0 and does
+    nothing; here step ``s < warmup_steps`` takes transformers' factor of ``s + 1``. After the warm-up
+    the factors are transformers' own; the step is clamped to ``total_steps`` (its cosine would rise again).
+    """
+    from transformers import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # get_scheduler needs an optimizer
+    hf = get_scheduler(
+        _HF_SCHEDULES[config.schedule],
+        probe,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=total_steps,
+    ).lr_lambdas[0]
+    warm = config.warmup_steps
+    return lambda step: hf(step + 1 if step < warm else min(step, max(total_steps, warm)))
+
+
 def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 
     Warm-up: ``(step + 1) / warmup_steps`` while ``step < warmup_steps``. Afterwards, with
     ``p = (step - warmup) / max(1, total_steps - warmup)`` clamped to [0, 1]: constant 1,
-    linear ``1 - p``, cosine ``0.5 * (1 + cos(pi * p))``.
+    linear ``1 - p``, cosine ``0.5 * (1 + cos(pi * p))`` (transformers' ``get_scheduler`` formulas).
     """
-    warm = config.warmup_steps
-    if step < warm:
-        return (step + 1) / warm
-    p = min(1.0, max(0.0, (step - warm) / max(1, total_steps - warm)))
-    if config.schedule == "constant":
-        return 1.0
-    if config.schedule == "linear":
-        return 1.0 - p
-    return 0.5 * (1.0 + math.cos(math.pi * p))
+    return _factor_fn(config, total_steps)(step)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` following :func:`lr_factor` (``total_steps`` counts optimizer steps)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor_fn(config, total_steps))
 
 
 def apply_lora(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:

@@ -37,14 +37,21 @@ from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import RolloutBatch
-from stepgym.trainers.checkpoint import latest_checkpoint, load_checkpoint
+from stepgym.trainers.checkpoint import (
+    is_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_state,
+    rollout_state_dict,
+    train_config_path,
+)
 from stepgym.trainers.config import CONFIG_FILENAME, TrainConfig, load_config
 from stepgym.trainers.credit import get_credit
 from stepgym.trainers.distributed import global_rank, is_distributed
 from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
 from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
 from stepgym.trainers.optim import apply_lora
-from stepgym.trainers.value import VALUE_HEAD_NAME, attach_value_head
+from stepgym.trainers.value import attach_value_head
 
 __all__ = [
     "EngineSync",
@@ -80,6 +87,8 @@ class RunResult:
     """Newest checkpoint folder."""
     output_dir: Path
     """The run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``)."""
+    train_seconds: float = 0.0
+    """Training wall time up to the newest checkpoint, that of interrupted runs before a resume included."""
 
 
 # =========================================================================== model
@@ -96,33 +105,6 @@ def build_model(config: TrainConfig) -> tuple[Any, Any]:
     """The policy model and tokenizer named by ``config.model`` (``agents.models.load_model`` names)."""
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
     return model, tokenizer
-
-
-def rollout_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The causal LM's weights under Hugging Face names, as a separate rollout engine (vLLM) loads them.
-
-    LoRA adapters (peft) are folded into their base weights without touching the model
-    (``W + scale * B @ A`` per active adapter, peft's ``get_delta_weight``), and StepPO's critic head is
-    left out. Tensors are returned as they are (same device and dtype; merged ones are new tensors).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, tensor in base.state_dict().items():
-            if name.startswith(f"{VALUE_HEAD_NAME}.") or ".lora_" in name:
-                continue
-            out[name.replace(".base_layer.", ".")] = tensor
-        for name, module in base.named_modules():
-            if not (hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")):
-                continue
-            if getattr(module, "merged", False):  # already folded into base_layer.weight
-                continue
-            weight = module.base_layer.weight
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            out[f"{name}.weight"] = weight
-    return out
 
 
 def build_vllm_policy(config: TrainConfig, model: Any, tokenizer: Any) -> VLLMPolicy:
@@ -155,19 +137,21 @@ def build_vllm_policy(config: TrainConfig, model: Any, tokenizer: Any) -> VLLMPo
 def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
     """Model, tokenizer and run config of a checkpoint (a ``step-*`` folder, a run's ``checkpoints/`` or a run).
 
+    The model is the trained module as the loop had it (LoRA adapters unmerged, StepPO's value head
+    attached); for a plain causal LM use ``AutoModelForCausalLM.from_pretrained(step_dir)``. For a run
+    or ``checkpoints/`` folder the newest intact checkpoint is used.
+
     Raises:
         FileNotFoundError: No checkpoint or no ``config.json`` at ``path``.
     """
     path = Path(path)
-    if (path / "state.json").is_file():
-        ckpt: Path | None = path
-    else:
-        ckpt = latest_checkpoint(path) or latest_checkpoint(path / "checkpoints")
+    root = path if latest_checkpoint(path) is not None else path / "checkpoints"
+    ckpt: Path | None = path if is_checkpoint(path) else latest_checkpoint(root)
     if ckpt is None:
         raise FileNotFoundError(
             f"no checkpoint at {path}: pass a run folder (runs/NAME), its checkpoints/ folder, or a step-* folder"
         )
-    config_file = ckpt / CONFIG_FILENAME
+    config_file = train_config_path(ckpt)
     if not config_file.is_file():
         config_file = ckpt.parent.parent / CONFIG_FILENAME
     config = load_config(config_file)
@@ -175,7 +159,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
     model = apply_lora(model, config.lora)
     if get_credit(config.credit).needs_values:  # StepPO checkpoints hold the critic head too
         attach_value_head(model)
-    load_checkpoint(ckpt, model=model, restore_rngs=False)
+    load_checkpoint(ckpt if is_checkpoint(path) else root, model=model, restore_rngs=False)
     model.eval()
     return model, tokenizer, config
 
@@ -464,6 +448,7 @@ def run_training(
             on_step=on_step,
             should_stop=stop,
             on_weights_updated=sync.mark_stale if sync is not None else None,
+            tokenizer=tokenizer,
         )
     finally:
         if pool is not None:
@@ -471,4 +456,7 @@ def run_training(
     out = Path(config.output_dir)
     ckpt = latest_checkpoint(out / "checkpoints")
     final = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0
-    return RunResult(history=history, interrupted=stopped, final_step=final, checkpoint=ckpt, output_dir=out)
+    seconds = float(read_checkpoint_state(ckpt).extra.get("train_seconds", 0.0)) if ckpt is not None else 0.0
+    return RunResult(
+        history=history, interrupted=stopped, final_step=final, checkpoint=ckpt, output_dir=out, train_seconds=seconds
+    )
