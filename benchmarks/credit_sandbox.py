@@ -1,8 +1,13 @@
-"""Credit sandbox learning comparison (issue 9): grpo vs stepopsd, sdar, gigpo, rlsd on a tiny model, on CPU.
+"""Credit sandbox learning comparison (issue 9, issue 22): grpo vs the step-level methods on a tiny model, on CPU.
 
 Usage:
     python benchmarks/credit_sandbox.py [--steps 20] [--seeds 0 1 2] [--variants One Null]
-        [--methods grpo stepopsd sdar gigpo rlsd] [--jobs 2] [--out runs/credit_sandbox]
+        [--methods grpo stepopsd sdar gigpo rlsd craft sgcd paw atod triage ucob] [--jobs 2]
+        [--out runs/credit_sandbox]
+
+The arms are :data:`METHODS`: the published-code methods and the related 2026 methods of
+ALGORITHMS.md §10 ([recon], at their default options; ``triage`` with the oracle judge of the
+sandbox's commitments, ``atod`` and ``ucob`` with the hindsight self-teacher).
 
 1. Warm start (once, cached in ``<out>/warm_start``): a random-init ~0.85M-parameter Qwen3 with the
    sandbox word-level tokenizer (``stepgym.agents.sandbox_model``), trained by cross-entropy
@@ -35,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 VARIANT_ENV = {v: f"stepgym/Sandbox-{v}-v0" for v in ("One", "Two", "Delayed", "Null")}
-METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd"]
+METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd", "craft", "sgcd", "paw", "atod", "triage", "ucob"]
 
 
 def tasks_of(num_tasks: int) -> list[str]:

@@ -23,6 +23,9 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "build_hindsight",
     "build_hindsight_batch",
+    "contrast_hindsight",
+    "contrast_prompt",
+    "llm_contrast_hindsight_batch",
     "expert_plan_hindsight",
     "gold_answer_hindsight",
     "outcome_hindsight",
@@ -91,11 +94,80 @@ def expert_plan_hindsight(traj: Trajectory, group: Sequence[Trajectory] = ()) ->
     return "expert_plan:\n" + "\n".join(f"{i + 1}. {c}" for i, c in enumerate(cmds))
 
 
+def _contrast_pair(traj: Trajectory, group: Sequence[Trajectory]) -> tuple[Trajectory, Trajectory] | None:
+    """The first successful and the first failed member of ``traj``'s group, or ``None`` if it is not mixed."""
+    members = [t for t in group if t.group_id == traj.group_id] or [traj]
+    ok = next((t for t in members if t.success), None)
+    bad = next((t for t in members if not t.success), None)
+    return None if ok is None or bad is None else (ok, bad)
+
+
+def contrast_hindsight(traj: Trajectory, group: Sequence[Trajectory] = ()) -> str | None:
+    """SGCD's sibling contrast, as a template (arXiv 2606.12634; the cheap option of ALGORITHMS.md §10) [recon].
+
+    For a mixed group (some siblings succeeded, some failed): the actions of its first successful
+    and first failed member, and the first step where they differ. The same text for every member
+    of the group; ``None`` when the group is not mixed.
+    """
+    pair = _contrast_pair(traj, group)
+    if pair is None:
+        return None
+    ok, bad = pair
+    a_ok, a_bad = [s.action_text for s in ok.steps], [s.action_text for s in bad.steps]
+    k = next((i for i, (x, y) in enumerate(zip(a_ok, a_bad)) if x != y), min(len(a_ok), len(a_bad)))
+    lines = [
+        "sibling_contrast:",
+        "successful sibling actions: " + " | ".join(a_ok),
+        "failed sibling actions: " + " | ".join(a_bad),
+    ]
+    if k < max(len(a_ok), len(a_bad)):
+        got = a_bad[k] if k < len(a_bad) else "(stopped)"
+        want = a_ok[k] if k < len(a_ok) else "(stopped)"
+        lines.append(f"first difference at step {k + 1}: the successful sibling did {want}, the failed one {got}")
+    return "\n".join(lines)
+
+
+CONTRAST_PROMPT = (
+    "Two attempts at the same task: one succeeded, one failed.\n"
+    "Successful attempt:\n{success}\n\nFailed attempt:\n{failure}\n\n"
+    "In two or three sentences, say which decision made the difference and what the failed attempt should have done."
+)
+"""The prompt asking a model to write SGCD's contrast; fields ``success`` and ``failure`` (rendered trajectories)."""
+
+
+def contrast_prompt(success: Trajectory, failure: Trajectory, *, template: str = CONTRAST_PROMPT) -> str:
+    """The prompt for an LLM-written contrast of a successful and a failed sibling."""
+    return template.format(success=render_trajectory(success), failure=render_trajectory(failure))
+
+
+def llm_contrast_hindsight_batch(
+    trajs: Sequence[Trajectory], write: Callable[[list[str]], list[str]], *, template: str = CONTRAST_PROMPT
+) -> list[str | None]:
+    """SGCD's contrast written by a model (the policy itself, or any generator) [recon].
+
+    One prompt per mixed group (:func:`contrast_prompt` of its first successful and first failed
+    member), one batched ``write(prompts) -> texts`` call; every member of the group gets
+    ``sibling_contrast:`` and the text, other trajectories ``None``.
+    """
+    prompts: list[str] = []
+    slot: dict[str, int] = {}
+    for t in trajs:
+        pair = _contrast_pair(t, trajs)
+        if pair is not None and t.group_id not in slot:
+            slot[t.group_id] = len(prompts)
+            prompts.append(contrast_prompt(*pair, template=template))
+    texts = write(prompts) if prompts else []
+    if len(texts) != len(prompts):
+        raise RuntimeError(f"the contrast writer returned {len(texts)} texts for {len(prompts)} prompts")
+    return [f"sibling_contrast:\n{texts[slot[t.group_id]].strip()}" if t.group_id in slot else None for t in trajs]
+
+
 HINDSIGHT_BUILDERS: dict[str, Callable[..., str | None]] = {
     "outcome": outcome_hindsight,
     "peer": peer_hindsight,
     "gold": gold_answer_hindsight,
     "expert_plan": expert_plan_hindsight,
+    "contrast": contrast_hindsight,
 }
 """Builders by config name; each is ``fn(traj, group) -> str | None``."""
 

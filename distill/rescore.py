@@ -19,7 +19,8 @@ KV cache, then **one** packed forward over all steps' ``H + step tokens`` blocks
 attention mask lets each block see only the cached prefix ``x[:s_k]`` of its own step plus its own
 earlier block tokens (causal); position ids continue from ``s_k``. Cost: ``L + sum_k (|H| + |step_k|)``
 tokens instead of ``sum_k (s_k + |H| + |step_k|)`` for per-step re-encoding
-(:func:`teacher_logprobs_naive`, the reference the tests compare against to 1e-5 in fp32).
+(:func:`teacher_logprobs_naive`, the reference the tests compare against to 1e-5 in fp32). The
+student's own log-probs come from the trainer's one scorer, ``stepgym.trainers.update.token_logprobs``.
 
 Rescoring works on token ids only; turn hindsight text into ids with
 :func:`stepgym.distill.hindsight.render_hindsight`. Log-probs are ``log_softmax(logits / temperature)``.
@@ -45,7 +46,6 @@ from torch import nn
 __all__ = [
     "Placement",
     "TeacherSnapshot",
-    "student_logprobs",
     "teacher_logprobs",
     "teacher_logprobs_naive",
 ]
@@ -113,38 +113,6 @@ def _check_temperature(temperature: float) -> None:
 def _chunks(n: int, size: int | None) -> list[range]:
     size = n if not size else size
     return [range(i, min(i + size, n)) for i in range(0, n, max(size, 1))]
-
-
-# =========================================================================== student
-def student_logprobs(
-    model: nn.Module, rows: Sequence[TokenSequence], *, temperature: float = 1.0, batch_size: int | None = None
-) -> torch.Tensor:  # [B, L]
-    """Log-prob of every token given its row prefix (position 0 and padding are 0).
-
-    Runs under the caller's grad mode (wrap in ``torch.no_grad()`` for scoring only).
-
-    Args:
-        model: A causal LM.
-        rows: Token sequences, right-padded to the longest.
-        temperature: Logits are divided by it before the softmax.
-        batch_size: Rows per forward (``None`` = all at once).
-    """
-    _check_temperature(temperature)
-    decoder, head, dev = _parts(model)
-    L = max((len(r) for r in rows), default=0)
-    out = torch.zeros(len(rows), L, device=dev)
-    for idx in _chunks(len(rows), batch_size):
-        ids = _pad([rows[i].ids for i in idx], dev)  # [b, Lb]
-        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state  # [b, Lb, H]
-        lens = torch.tensor([len(rows[i]) for i in idx], device=dev)
-        pos = torch.arange(1, ids.shape[1], device=dev)  # [Lb-1]
-        valid = pos[None, :] < lens[:, None]  # [b, Lb-1]
-        bi, pi = valid.nonzero(as_tuple=True)
-        lp = _token_logprobs(head, hidden[bi, pi], ids[bi, pi + 1], temperature)  # [N]
-        sub = torch.zeros(len(idx), L, device=dev, dtype=lp.dtype)
-        sub[bi, pi + 1] = lp
-        out[idx.start : idx.stop] = sub
-    return out
 
 
 # =========================================================================== teacher (efficient)

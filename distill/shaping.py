@@ -10,6 +10,7 @@ Shapes: ``B`` rows, ``L`` positions, ``S`` steps (dense step ids from
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "WeightKind",
     "discounted_returns",
     "gigpo_step_advantages",
+    "group_normalize",
     "linear_schedule",
     "opsd_reward_advantages",
     "sdar_token_loss",
@@ -25,6 +27,15 @@ __all__ = [
     "sign_preserving_weight",
     "step_budget",
     "step_gae",
+    # the related 2026 methods (ALGORITHMS.md §10, all [recon])
+    "atod_turn_weights",
+    "craft_sibling_credit",
+    "craft_token_loss",
+    "gated_turn_mean",
+    "rising_schedule",
+    "robust_nll",
+    "sgcd_shape",
+    "ucob_token_loss",
 ]
 
 WeightKind = Literal["sigmoid", "exp"]
@@ -131,6 +142,42 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:  # 
     return out
 
 
+def group_normalize(
+    x: torch.Tensor,  # [N]
+    group: torch.Tensor,  # [N] long group id of each entry
+    *,
+    normalize_std: bool = True,
+    singleton: Literal["zero", "keep"] = "zero",
+    eps: float = 1e-6,
+) -> torch.Tensor:  # [N] float32
+    """``(x - mean_g) / (std_g + eps)`` within each group (unbiased std), or ``x - mean_g`` without std.
+
+    The one group normalisation of the package: GRPO's outcome advantage (DeepSeekMath, arXiv
+    2402.03300; ALGORITHMS.md §1.2-1.3) and GiGPO's step advantage (arXiv 2505.10978, eq. 7; §3).
+    A group of one gives 0 (``singleton="zero"``, GiGPO) or keeps ``x`` with ``mean = 0, std = 1``
+    (``"keep"``, GRPO's §1.2). Entries within 1e-12 of their group mean are exactly 0, so all-equal
+    groups give exactly 0 (no 1e-17 noise from the mean). Computed in float64.
+    """
+    x = x.to(torch.float64)
+    C = int(group.max().item()) + 1 if group.numel() else 0
+    n = torch.zeros(C, dtype=torch.float64).index_add_(0, group, torch.ones_like(x))[group]  # [N]
+    mean = torch.zeros(C, dtype=torch.float64).index_add_(0, group, x)[group] / n  # [N]
+    sq = torch.zeros(C, dtype=torch.float64).index_add_(0, group, (x - mean) ** 2)  # [C]
+    std = (sq[group] / (n - 1).clamp(min=1)).sqrt()  # [N] unbiased
+    single = n <= 1  # [N]
+    if singleton == "keep":
+        mean = torch.where(single, torch.zeros_like(mean), mean)
+        std = torch.where(single, torch.ones_like(std), std)
+    elif singleton != "zero":
+        raise ValueError(f"singleton must be 'zero' or 'keep', got {singleton!r}")
+    dev = x - mean  # [N]
+    out = dev / (std + eps) if normalize_std else dev
+    zero = dev.abs() < 1e-12
+    if singleton == "zero":
+        zero = zero | single
+    return torch.where(zero, torch.zeros_like(out), out).to(torch.float32)
+
+
 def gigpo_step_advantages(
     returns: torch.Tensor,  # [S] discounted step return G
     cluster: torch.Tensor,  # [S] long id of (group, anchor observation)
@@ -141,19 +188,9 @@ def gigpo_step_advantages(
     """GiGPO step-level advantage (arXiv 2505.10978, §4.2, eq. 7).
 
     Within each anchor-state cluster: ``A_S = (G - mean_c) / (std_c + eps)`` with the unbiased std
-    (or ``G - mean_c`` without std). Singleton clusters give 0.
+    (or ``G - mean_c`` without std). Singleton clusters give 0 (:func:`group_normalize`).
     """
-    G = returns.to(torch.float64)
-    C = int(cluster.max().item()) + 1 if cluster.numel() else 0
-    n = torch.zeros(C, dtype=torch.float64).index_add_(0, cluster, torch.ones_like(G))  # [C]
-    mean = torch.zeros(C, dtype=torch.float64).index_add_(0, cluster, G) / n.clamp(min=1)  # [C]
-    dev = G - mean[cluster]  # [S]
-    adv = dev
-    if normalize_std:
-        var = torch.zeros(C, dtype=torch.float64).index_add_(0, cluster, dev**2) / (n - 1).clamp(min=1)  # [C]
-        adv = dev / (var.sqrt()[cluster] + eps)  # [S]
-    adv = torch.where((n[cluster] <= 1) | (dev.abs() < 1e-12), torch.zeros_like(adv), adv)
-    return adv.to(torch.float32)
+    return group_normalize(returns, cluster, normalize_std=normalize_std, singleton="zero", eps=eps)
 
 
 def step_gae(
@@ -234,3 +271,187 @@ def opsd_reward_advantages(
         running = torch.where(on, r[:, pos] + gamma * running, running)
         out[:, pos] = torch.where(on, running, torch.zeros_like(running))
     return out
+
+
+# =========================================================================== §10: the related 2026 methods
+# Every formula below is our reconstruction from the papers' abstracts ([recon]); the choices the
+# abstracts leave open are arguments, their defaults are the credit methods' (trainers/credit_2026.py).
+def rising_schedule(rho0: float, t: int, T: int, kind: Literal["linear", "cosine"] = "linear") -> float:
+    """ATOD's RL weight ``rho_t``, rising from ``rho0`` at ``t = 0`` to 1 at ``t >= T`` (arXiv 2606.27814) [recon].
+
+    ``linear``: ``rho0 + (1 - rho0) * min(1, t/T)``; ``cosine``:
+    ``rho0 + (1 - rho0) * (1 - cos(pi * min(1, t/T))) / 2``. ``T <= 0`` gives 1 (pure RL).
+    """
+    if T <= 0:
+        return 1.0
+    x = min(1.0, max(0.0, t / T))
+    if kind == "linear":
+        ramp = x
+    elif kind == "cosine":
+        ramp = (1.0 - math.cos(math.pi * x)) / 2.0
+    else:
+        raise ValueError(f"schedule kind must be 'linear' or 'cosine', got {kind!r}")
+    return float(rho0) + (1.0 - float(rho0)) * ramp
+
+
+def gated_turn_mean(
+    x: torch.Tensor,  # [B, L]
+    sel: torch.Tensor,  # [B, L] bool tokens that count
+    sid: torch.Tensor,  # [B, L] long dense step id, -1 off-step
+    num_steps: int,
+) -> torch.Tensor:  # [S]
+    """Mean of ``x`` over each step's selected tokens (0 for a step without any)."""
+    on = sel & (sid >= 0)  # [B, L]
+    idx = sid[on]  # [N]
+    tot = torch.zeros(num_steps, dtype=torch.float64).index_add_(0, idx, x[on].double())  # [S]
+    cnt = torch.zeros(num_steps, dtype=torch.float64).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+    return (tot / cnt.clamp(min=1)).float()
+
+
+def craft_sibling_credit(
+    traj_adv: torch.Tensor,  # [T] outcome advantage of each trajectory
+    step_delta: torch.Tensor,  # [S] mean teacher-student gap over each step's target tokens
+    step_traj: torch.Tensor,  # [S] long trajectory of each step
+    step_key: torch.Tensor,  # [S] long alignment cluster of each step (same group and step index / anchor)
+    *,
+    tau: float = 1.0,
+) -> torch.Tensor:  # [S]
+    """CRAFT's signed counterfactual credit of each step (arXiv 2606.29476) [recon].
+
+    For step ``s`` of trajectory ``i``, the siblings ``j != i`` aligned with it (same ``step_key``):
+    ``c = sum_j w_j A_j - mean_j A_j`` with ``w_j = softmax_j(Delta_j / tau)``. Positive when the
+    siblings the teacher agrees with more did better than the siblings on average. No sibling: 0.
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    out = torch.zeros(step_traj.shape[0], dtype=torch.float64)
+    a = traj_adv.double()[step_traj]  # [S]
+    d = step_delta.double()  # [S]
+    for key in torch.unique(step_key).tolist():
+        members = (step_key == key).nonzero(as_tuple=True)[0]  # [m]
+        for s in members.tolist():
+            sib = members[step_traj[members] != step_traj[s]]  # [n] the others
+            if sib.numel() == 0:
+                continue
+            w = torch.softmax(d[sib] / tau, dim=0)  # [n]
+            out[s] = (w * a[sib]).sum() - a[sib].mean()
+    return out.float()
+
+
+def craft_token_loss(
+    logp_theta: torch.Tensor,  # [B, L] current policy log-probs (with grad)
+    logp_teacher: torch.Tensor,  # [B, L] teacher log-probs (no grad)
+    target_mask: torch.Tensor,  # [B, L]
+    *,
+    weight: torch.Tensor,  # [B, L] signed per-token distillation weight (lam * c)
+    ratio_max: float = 5.0,
+) -> torch.Tensor:  # [B, L]
+    """CRAFT's signed distillation term (arXiv 2606.29476) [recon], from sampled tokens only.
+
+    ``weight > 0``: reverse KL ``KL(pi || pi_T)``, score-function form ``sg(logp - logp_T) * logp``
+    (gradient ``(logp - logp_T) * grad logp``, mode-seeking); ``weight < 0``: forward KL
+    ``KL(pi_T || pi)`` by importance weighting the student's samples, ``-sg(min(exp(logp_T - logp),
+    ratio_max)) * logp`` (gradient ``-rho * grad logp``, mass-covering). Each scaled by ``|weight|``.
+    """
+    lt = logp_teacher.detach()
+    lp = logp_theta.detach()
+    rkl = (lp - lt) * logp_theta  # [B, L]
+    rho = torch.exp(lt - lp).clamp(max=ratio_max)  # [B, L]
+    fkl = -rho * logp_theta  # [B, L]
+    return (weight.clamp(min=0) * rkl + (-weight).clamp(min=0) * fkl) * target_mask  # [B, L]
+
+
+def sgcd_shape(
+    adv: torch.Tensor,  # [B, L] outcome advantage on trainable tokens
+    delta: torch.Tensor,  # [B, L] teacher-student gap, 0 off the targets
+    targets: torch.Tensor,  # [B, L] target tokens
+    traj_index: torch.Tensor,  # [B] long
+    *,
+    kappa: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGCD's hindsight-reshaped advantage (arXiv 2606.12634) [recon].
+
+    ``d = Delta / (mean |Delta| over the trajectory's target tokens + 1e-6)`` (mean-normalised per
+    trajectory), ``A~ = A * clip(1 + kappa * sign(A) * d, 1 - eps, 1 + eps)`` on target tokens; other
+    tokens keep ``A``. The factor is positive for ``eps < 1``, so ``sign(A~) == sign(A)``.
+
+    Returns:
+        ``(A~ [B, L], d [B, L])``.
+    """
+    if not 0 <= eps < 1:
+        raise ValueError(f"eps must be in [0, 1) so the factor stays positive, got {eps}")
+    T = int(traj_index.max().item()) + 1 if traj_index.numel() else 0
+    tgt = targets > 0  # [B, L]
+    row_abs = (delta.abs() * tgt).sum(dim=1).double()  # [B]
+    row_cnt = tgt.sum(dim=1).double()  # [B]
+    scale = torch.zeros(T, dtype=torch.float64).index_add_(0, traj_index, row_abs)  # [T]
+    cnt = torch.zeros(T, dtype=torch.float64).index_add_(0, traj_index, row_cnt)  # [T]
+    mean_abs = (scale / cnt.clamp(min=1)).float()[traj_index].unsqueeze(1)  # [B, 1]
+    d = delta / (mean_abs + 1e-6) * tgt  # [B, L]
+    factor = (1.0 + kappa * torch.sign(adv) * d).clamp(1.0 - eps, 1.0 + eps)  # [B, L]
+    return torch.where(tgt, adv * factor, adv), d
+
+
+def atod_turn_weights(
+    disagreement: torch.Tensor,  # [S] D_k: mean |logp_T - logp_S| over turn k's target tokens
+    uncertainty: torch.Tensor,  # [S] U_k: mean student entropy over turn k's tokens
+    step_traj: torch.Tensor,  # [S] long
+    *,
+    kappa: float,
+) -> torch.Tensor:  # [S]
+    """ATOD's turn weights (arXiv 2606.27814) [recon].
+
+    ``x_k = D_k * U_k``; ``norm(x) = x / max_k x`` within the trajectory (0 when all are 0);
+    ``u_k = 1 + kappa * norm(x_k)``, renormalised to mean 1 over the trajectory's turns.
+    """
+    x = (disagreement * uncertainty).double()  # [S]
+    T = int(step_traj.max().item()) + 1 if step_traj.numel() else 0
+    mx = torch.zeros(T, dtype=torch.float64).scatter_reduce(0, step_traj, x, "amax", include_self=False)  # [T]
+    normed = torch.where(mx[step_traj] > 0, x / mx[step_traj].clamp(min=1e-12), torch.zeros_like(x))  # [S]
+    u = 1.0 + kappa * normed  # [S]
+    n = torch.zeros(T, dtype=torch.float64).index_add_(0, step_traj, torch.ones_like(u))  # [T]
+    mean = torch.zeros(T, dtype=torch.float64).index_add_(0, step_traj, u) / n.clamp(min=1)  # [T]
+    return (u / mean[step_traj]).float()
+
+
+def robust_nll(
+    logp_theta: torch.Tensor,  # [B, L] current policy log-probs of the observed tokens (with grad)
+    logp_teacher: torch.Tensor,  # [B, L] unused (the AuxLoss signature)
+    target_mask: torch.Tensor,  # [B, L] observation tokens to predict
+    *,
+    kind: Literal["gce", "truncated"] = "gce",
+    q: float = 0.7,
+    max_nll: float = 5.0,
+) -> torch.Tensor:  # [B, L]
+    """PaW's robust world-model loss on observation tokens (arXiv 2606.02388) [recon].
+
+    ``gce``: generalised cross-entropy ``(1 - p^q) / q`` (``q -> 0`` is the NLL; Zhang & Sabuncu,
+    arXiv 1805.07836, eq. 6), bounded so unpredictable observation tokens cannot dominate;
+    ``truncated``: ``min(-log p, max_nll)`` (no gradient from tokens beyond ``max_nll``).
+    """
+    if kind == "gce":
+        if not 0 < q <= 1:
+            raise ValueError(f"GCE q must be in (0, 1], got {q}")
+        loss = (1.0 - torch.exp(q * logp_theta)) / q  # [B, L]
+    elif kind == "truncated":
+        loss = torch.clamp(-logp_theta, max=max_nll)  # [B, L]
+    else:
+        raise ValueError(f"robust NLL kind must be 'gce' or 'truncated', got {kind!r}")
+    return loss * target_mask  # [B, L]
+
+
+def ucob_token_loss(
+    logp_theta: torch.Tensor,  # [B, L] current policy log-probs under the plain view (with grad)
+    logp_teacher: torch.Tensor,  # [B, L] log-probs of the same tokens under the context view (no grad)
+    target_mask: torch.Tensor,  # [B, L]
+    *,
+    weight: torch.Tensor,  # [B, L] >= 0 local-teacher weight
+    beta: float = 5.0,
+) -> torch.Tensor:  # [B, L]
+    """UCOB's gated distillation from the context view into the plain view (arXiv 2606.29502) [recon].
+
+    ``weight * sigmoid(beta * (logp_C - logp.detach())) * (logp_C - logp)`` on target tokens: SDAR's
+    gated term (:func:`sdar_token_loss`) scaled per token by how much the context view should teach here.
+    """
+    return weight * sdar_token_loss(logp_theta, logp_teacher, target_mask, beta=beta)  # [B, L]

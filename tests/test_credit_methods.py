@@ -13,7 +13,13 @@ from stepgym.distill.shaping import (
     step_gae,
 )
 from stepgym.trainers.credit import CreditBatch, check_credit_kwargs, get_credit, list_credits
-from stepgym.trainers.value import CausalLMCritic, ValueHead, step_value_loss, step_value_positions
+from stepgym.trainers.value import (
+    ValueHead,
+    attach_value_head,
+    clipped_value_error,
+    step_value_mask,
+    step_value_positions,
+)
 
 LN3 = math.log(3.0)
 
@@ -316,18 +322,26 @@ def test_value_head_and_loss():
     cfg = transformers.Qwen3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16)  # fmt: skip
     torch.manual_seed(0)
-    critic = CausalLMCritic(transformers.Qwen3ForCausalLM(cfg))
-    v = critic(torch.randint(0, 50, (2, 6)))
+    lm = transformers.Qwen3ForCausalLM(cfg)
+    head = attach_value_head(lm)
+    hidden = lm.get_decoder()(input_ids=torch.randint(0, 50, (2, 6))).last_hidden_state
+    v = head(hidden)
     assert v.shape == (2, 6) and v.abs().max() == 0  # zero-initialised head
     assert ValueHead(4)(torch.ones(1, 3, 4)).shape == (1, 3)
     mask = torch.tensor([[0, 1, 0, 1, 0, 1.0]])
     step = torch.tensor([[-1, 0, -1, 1, -1, 2]])
     rows, vpos, fpos = step_value_positions(mask, step)
     assert vpos.tolist() == [0, 2, 4] and fpos.tolist() == [1, 3, 5]
-    # V = [.2,.5,.8] at 0,2,4, old V = 0, G = 1 on every step, clip .2:
+    vmask = step_value_mask(mask, step)
+    assert vmask.tolist() == [[0, 1, 0, 1, 0, 1]]
+    # token-aligned V = [.2,.5,.8] at the step's first tokens 1,3,5, old V = 0, G = 1 on every step, clip .2:
     # unclipped err (V-G)^2 = [.64,.25,.04]; clipped V = [.2,.2,.2] -> .64 each; max -> [.64,.64,.64] -> .5*.64 = .32
-    vals = torch.tensor([[0.2, 0, 0.5, 0, 0.8, 0]], requires_grad=True)
-    loss = step_value_loss(vals, torch.zeros(1, 6), torch.tensor([[0, 1.0, 0, 1, 0, 1]]), mask, step)
+    vals = torch.tensor([[0, 0.2, 0, 0.5, 0, 0.8]], requires_grad=True)
+    err = clipped_value_error(vals, torch.zeros(1, 6), torch.tensor([[0, 1.0, 0, 1, 0, 1]]), clip=0.2)
+    loss = 0.5 * (err * vmask).sum() / vmask.sum()
     assert loss.item() == pytest.approx(0.32)
     loss.backward()
-    assert vals.grad[0, 0] != 0
+    assert vals.grad[0, 1] != 0
+    # no clip: plain squared error
+    plain = clipped_value_error(vals, torch.zeros(1, 6), torch.ones(1, 6), clip=None)
+    torch.testing.assert_close(plain[0, [1, 3, 5]], torch.tensor([0.64, 0.25, 0.04]))

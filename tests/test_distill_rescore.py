@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
-from stepgym.distill.rescore import TeacherSnapshot, student_logprobs, teacher_logprobs, teacher_logprobs_naive
+from stepgym.distill.rescore import TeacherSnapshot, teacher_logprobs, teacher_logprobs_naive
 from stepgym.envs.records import TokenSequence
+from stepgym.trainers.update import compute_logprobs
 
 transformers = pytest.importorskip("transformers")
 
@@ -93,7 +94,10 @@ def test_naive_matches_transformers_logits(rows):
 def test_no_hindsight_means_teacher_equals_student(rows):
     m = _model("sdpa")
     with torch.no_grad():
-        student = student_logprobs(m, rows)
+        L = max(len(r) for r in rows)
+        ids = torch.tensor([list(r.ids) + [0] * (L - len(r)) for r in rows])
+        attn = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
+        student = compute_logprobs(m, ids, attn, micro_batch_size=len(rows))
         full = torch.log_softmax(m(torch.tensor([rows[0].ids])).logits[0], -1)
     teacher, tm = teacher_logprobs(m, rows, [None] * len(rows))
     torch.testing.assert_close(teacher, student * tm, atol=1e-6, rtol=0)

@@ -181,6 +181,15 @@ class TeacherConfig(_Config):
     prepended to the prompt (SDAR §6). Left unset, the credit method's choice applies (``sdar``: ``prompt``)."""
     target: Literal["step", "action"] = "step"
     """Tokens the teacher rescores: the whole step (reasoning + action) or the action span only."""
+    contrast: Literal["template", "policy"] = "template"
+    """Who writes the ``contrast`` hindsight part (SGCD): a template of the siblings' actions, or the policy
+    itself (one greedy generation per mixed group)."""
+    contrast_max_tokens: int = Field(96, ge=1)
+    """Most tokens of a policy-written contrast."""
+    model: str | None = None
+    """A separate, frozen teacher model (a name or folder as for ``TrainConfig.model``; ATOD's larger teacher,
+    or an SFT'd checkpoint) instead of the policy's snapshot. It must share the policy's tokenizer: rescoring
+    compares log-probs of the same token ids (cross-tokenizer distillation is not supported)."""
 
 
 class EvalConfig(_Config):
@@ -273,6 +282,11 @@ class TrainConfig(_Config):
     """Keyword-only options of the credit method, checked against its signature at start-up."""
     teacher: TeacherConfig = TeacherConfig()
     """Teacher options (used only by methods that need a teacher)."""
+    judge: Literal["oracle", "llm"] = "oracle"
+    """Step judge for methods that need one (TRIAGE; ``distill/judge.py``): env-provided signals, or the
+    policy itself answering a judge prompt per step."""
+    judge_max_tokens: int = Field(8, ge=1)
+    """Most tokens of the LLM judge's answer (a role word)."""
 
     # ----------------------------------------------------------------------------- update
     optim: OptimConfig = OptimConfig()

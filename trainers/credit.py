@@ -5,10 +5,12 @@ A credit method is a function ``fn(batch: CreditBatch, **kwargs) -> CreditOutput
 :func:`get_credit`; unknown names fail with "did you mean", and keyword arguments are checked
 against the function's signature (:func:`check_credit_kwargs`) before any rollout.
 
-Methods declare what they need: ``needs_teacher`` (teacher log-probs, filled by ``distill``
-rescoring) and ``needs_values`` (a value head), and may set ``config_defaults``: values for
+Methods declare what they need (``register_credit(..., needs=...)``, names in :data:`NEEDS`):
+teacher log-probs, a critic's values, the student's entropy, observation tokens, a judge's step roles.
+The loop never asks which method runs: one function (``trainers/credit_inputs.py``) fills exactly the
+declared inputs of the :class:`CreditBatch`. A method may also set ``config_defaults``: values for
 ``TrainConfig`` fields the user left unset, where the method's spec departs from the general default
-(StepPO's sequence-level ratio, SDAR's live teacher). Spec: ``shared/ALGORITHMS.md``.
+(StepPO's sequence-level ratio, SDAR's live teacher, SGCD's contrast hindsight). Spec: ``shared/ALGORITHMS.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from stepgym.distill.segment import step_ids
 from stepgym.distill.shaping import (
     discounted_returns,
     gigpo_step_advantages,
+    group_normalize,
     linear_schedule,
     opsd_reward_advantages,
     sdar_token_loss,
@@ -38,12 +41,26 @@ __all__ = [
     "CreditBatch",
     "CreditMethod",
     "CreditOutput",
+    "NEEDS",
     "check_credit_kwargs",
     "get_credit",
     "group_advantages",
     "list_credits",
     "register_credit",
 ]
+
+
+_TOKEN_FIELDS = (
+    "step_index",
+    "action_mask",
+    "logp_old",
+    "logp_teacher",
+    "target_mask",
+    "values",
+    "entropy",
+    "obs_step",
+)
+"""The ``[B, L]`` fields of :class:`CreditBatch` besides ``mask``."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +102,17 @@ class CreditBatch:
     """[B, L] float: critic values (methods with ``needs_values``)."""
     training_step: int = 0
     """Training steps completed before this one (for schedules such as StepOPSD's ``lam``)."""
+    entropy: torch.Tensor | None = None
+    """[B, L] float: the student's entropy at each trainable token (methods needing ``entropy``)."""
+    obs_step: torch.Tensor | None = None
+    """[B, L] long: on observation tokens, the step ``k`` whose action they follow, else -1 (methods needing
+    ``observations``; ``trainers.credit_inputs.observation_steps``)."""
+    roles: tuple[tuple[str, ...], ...] | None = None
+    """Per trajectory, a judge's role label of each step (methods needing ``judge``)."""
 
     def __post_init__(self) -> None:
         shape = tuple(self.mask.shape)
-        for name in ("step_index", "action_mask", "logp_old", "logp_teacher", "target_mask", "values"):
+        for name in _TOKEN_FIELDS:
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(t.shape)} but mask has shape {shape}")
@@ -115,10 +139,10 @@ class CreditBatch:
 
 @dataclass(frozen=True)
 class AuxLoss:
-    """An auxiliary per-token loss added to the policy loss (SDAR, OPSD).
+    """An auxiliary per-token loss added to the policy loss (SDAR, OPSD, CRAFT, PaW).
 
-    ``fn(logp_theta, logp_teacher, target_mask) -> [b, L]`` per-token loss; the trainer applies it
-    to each micro-batch's rows and averages over target tokens.
+    ``fn(logp_theta, logp_teacher, target_mask) -> [b, L]`` per-token loss (``fn(..., weight=w)`` when
+    ``weight`` is set); the trainer applies it to each micro-batch's rows and averages over target tokens.
     """
 
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -130,6 +154,8 @@ class AuxLoss:
     """[B, L] float: teacher log-probs (no grad)."""
     replaces_policy_loss: bool = False
     """True drops the policy-gradient term (OPSD alone)."""
+    weight: torch.Tensor | None = None
+    """[B, L] float: a per-token weight handed to ``fn`` as ``weight=`` (CRAFT's signed credit)."""
 
 
 @dataclass(frozen=True)
@@ -148,17 +174,37 @@ class CreditOutput:
 
 CreditFn = Callable[..., CreditOutput]
 
+NEEDS: dict[str, str] = {
+    "teacher": "teacher log-probs of the sampled tokens (CreditBatch.logp_teacher, target_mask)",
+    "values": "a critic's values (CreditBatch.values); the loop attaches a value head and trains it on "
+    "CreditOutput.returns",
+    "entropy": "the student's per-token entropy (CreditBatch.entropy)",
+    "observations": "observation tokens as targets, with the step they follow (CreditBatch.obs_step)",
+    "judge": "a role label per step (CreditBatch.roles) from the configured judge (distill/judge.py)",
+}
+"""What a credit method may declare it needs, and what the loop then fills in."""
+
 
 @dataclass(frozen=True)
 class CreditMethod:
-    """A registered credit method."""
+    """A registered credit method and what it needs."""
 
     name: str
     fn: CreditFn
-    needs_teacher: bool = False
-    needs_values: bool = False
+    needs: frozenset[str] = frozenset()
+    """Names from :data:`NEEDS`."""
     config_defaults: Mapping[str, object] = field(default_factory=dict, hash=False, compare=False)
     """``"section.field" -> value`` for TrainConfig fields the user left unset (e.g. ``loss.ratio_level``)."""
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Declares ``"teacher"``."""
+        return "teacher" in self.needs
+
+    @property
+    def needs_values(self) -> bool:
+        """Declares ``"values"``."""
+        return "values" in self.needs
 
     def __call__(self, batch: CreditBatch, **kwargs: object) -> CreditOutput:
         """Run the method on ``batch``."""
@@ -171,15 +217,27 @@ _REGISTRY: dict[str, CreditMethod] = {}
 def register_credit(
     name: str,
     *,
+    needs: tuple[str, ...] | frozenset[str] = (),
     needs_teacher: bool = False,
     needs_values: bool = False,
     config_defaults: Mapping[str, object] | None = None,
 ) -> Callable[[CreditFn], CreditFn]:
     """Register ``fn(batch: CreditBatch, **kwargs) -> CreditOutput`` under ``name``.
 
-    ``config_defaults`` maps ``"section.field"`` of ``TrainConfig`` to the method's own default, applied
-    only where the user did not set that field (checked when a config is built).
+    Args:
+        name: The registry name.
+        needs: Inputs the method reads, names from :data:`NEEDS` (the loop fills exactly these).
+        needs_teacher: Shorthand for ``"teacher"`` in ``needs``.
+        needs_values: Shorthand for ``"values"`` in ``needs``.
+        config_defaults: ``"section.field"`` of ``TrainConfig`` -> the method's own default, applied only
+            where the user did not set that field (checked when a config is built).
     """
+    declared = set(needs) | ({"teacher"} if needs_teacher else set()) | ({"values"} if needs_values else set())
+    unknown = sorted(declared - set(NEEDS))
+    if unknown:
+        close = [m for u in unknown for m in difflib.get_close_matches(u, NEEDS, n=1)]
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"credit method {name!r} declares unknown need(s) {unknown}.{hint} Known: {', '.join(NEEDS)}")
 
     def deco(fn: CreditFn) -> CreditFn:
         params = list(inspect.signature(fn).parameters.values())
@@ -190,7 +248,7 @@ def register_credit(
                 raise TypeError(f"credit method {name!r}: option {p.name!r} must be keyword-only (after *)")
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"a credit method named {name!r} is already registered")
-        _REGISTRY[name] = CreditMethod(name, fn, needs_teacher, needs_values, dict(config_defaults or {}))
+        _REGISTRY[name] = CreditMethod(name, fn, frozenset(declared), dict(config_defaults or {}))
         return fn
 
     return deco
@@ -246,8 +304,8 @@ def check_credit_kwargs(name: str, kwargs: dict[str, object]) -> CreditMethod:
     return method
 
 
-_BUILTIN_MODULES: tuple[str, ...] = ("stepgym.trainers.credit",)
-"""Modules whose import registers the built-in methods (the distill-based ones join here)."""
+_BUILTIN_MODULES: tuple[str, ...] = ("stepgym.trainers.credit", "stepgym.trainers.credit_2026")
+"""Modules whose import registers the built-in methods (the related 2026 methods of §10 live in ``credit_2026``)."""
 
 
 def _load_builtins() -> None:
@@ -271,27 +329,16 @@ def group_advantages(
     ``R - mean of the other G-1``. A group of one has ``mean = 0`` and ``std = 1``; all-equal
     scores give exactly 0.
     """
-    scores = scores.to(torch.float64)
-    G = int(group_index.max().item()) + 1 if group_index.numel() else 0
-    counts = torch.zeros(G, dtype=torch.float64).index_add_(0, group_index, torch.ones_like(scores))  # [G]
-    sums = torch.zeros(G, dtype=torch.float64).index_add_(0, group_index, scores)  # [G]
-    n = counts[group_index]  # [T]
-    mean = sums[group_index] / n  # [T]
     if leave_one_out:
+        scores = scores.to(torch.float64)
+        G = int(group_index.max().item()) + 1 if group_index.numel() else 0
+        counts = torch.zeros(G, dtype=torch.float64).index_add_(0, group_index, torch.ones_like(scores))  # [G]
+        sums = torch.zeros(G, dtype=torch.float64).index_add_(0, group_index, scores)  # [G]
+        n = counts[group_index]  # [T]
         others = (sums[group_index] - scores) / (n - 1).clamp(min=1)  # [T]
         adv = torch.where(n > 1, scores - others, scores)
         return adv.to(torch.float32)
-    sq = torch.zeros(G, dtype=torch.float64).index_add_(0, group_index, (scores - mean) ** 2)  # [G]
-    var = sq[group_index] / (n - 1).clamp(min=1)  # [T] unbiased
-    single = n <= 1
-    mean = torch.where(single, torch.zeros_like(mean), mean)
-    std = torch.where(single, torch.ones_like(var), var.sqrt())
-    adv = scores - mean
-    if normalize_std:
-        adv = adv / (std + eps)
-    # exact zeros for all-equal groups (no 1e-17 noise from the mean)
-    adv = torch.where((scores - mean).abs() < 1e-12, torch.zeros_like(adv), adv)
-    return adv.to(torch.float32)
+    return group_normalize(scores, group_index, normalize_std=normalize_std, singleton="keep", eps=eps)
 
 
 def _broadcast(traj_adv: torch.Tensor, batch: CreditBatch) -> torch.Tensor:
@@ -352,6 +399,9 @@ def _need(batch: CreditBatch, field_name: str, method: str) -> torch.Tensor:
             "logp_teacher": "rescore the rows with stepgym.distill.rescore.teacher_logprobs (needs_teacher=True)",
             "values": "run the value head (stepgym.trainers.value) over the rows (needs_values=True)",
             "anchors": "fill CreditBatch.anchors with each step's StepRecord.observation",
+            "entropy": "declare needs=('entropy',) so the loop fills CreditBatch.entropy",
+            "obs_step": "declare needs=('observations',) so the loop finds the observation tokens",
+            "roles": "declare needs=('judge',) so the configured judge labels every step",
         }[field_name]
         raise ValueError(f"credit method {method!r} needs CreditBatch.{field_name}, which is None; {how}")
     return t

@@ -131,8 +131,7 @@ def probed(name: str) -> str:
 
     register_credit(
         new,
-        needs_teacher=method.needs_teacher,
-        needs_values=method.needs_values,
+        needs=method.needs,
         config_defaults=method.config_defaults,  # the same method: the same defaults (e.g. steppo's GSPO ratio)
     )(fn)
     return new

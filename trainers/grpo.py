@@ -21,11 +21,13 @@
    per-token advantages. Default ``grpo``: per group, ``A = (R - mean_g) / (std_g + 1e-6)``
    (unbiased std; all-equal groups give exactly 0), the trajectory's ``A`` broadcast to every
    trainable token of all its rows (DeepSeekMath, arXiv 2402.03300, outcome supervision).
-   Methods with ``needs_teacher`` get teacher log-probs of the same tokens (the snapshot or live
-   policy under hindsight context, ``teacher.*``); methods with ``needs_values`` (StepPO) get the
-   critic's values: a zero-initialised linear :class:`~stepgym.trainers.value.ValueHead` on the
-   policy's last hidden state (shared backbone), attached after LoRA, read at the token before
-   each step. NaN/inf advantages or returns on trainable tokens stop the run here.
+   A method declares what it reads (``needs``) and :func:`~stepgym.trainers.credit_inputs.fill_credit_inputs`
+   fills exactly that, so nothing here depends on the method: ``teacher`` -- teacher log-probs of the
+   same tokens (the snapshot, the live policy or a separate ``teacher.model``, under hindsight context,
+   ``teacher.*``); ``values`` (StepPO) -- the critic's values, a zero-initialised linear
+   :class:`~stepgym.trainers.value.ValueHead` on the policy's last hidden state (shared backbone),
+   attached after LoRA, read at the token before each step; ``entropy``, ``observations``, ``judge``
+   (the related 2026 methods). NaN/inf advantages or returns on trainable tokens stop the run here.
 5. **Update** (``ppo_update``). ``ppo_epochs`` passes; each shuffles the rows (seeded) and takes
    ``mini_batches`` AdamW steps, each accumulating gradients over micro-batches of
    ``micro_batch_size`` rows. Per token: the clipped surrogate ``-min(r A, clip(r, 1-eps_low,
@@ -69,13 +71,11 @@ uninterrupted run's metrics exactly.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from stepgym.agents.rollout import rollout_metrics
+from stepgym.distill.judge import JudgeFn
 from stepgym.distill.rescore import TeacherSnapshot
 from stepgym.envs.capabilities import Task
 from stepgym.envs.records import Trajectory
@@ -90,6 +91,7 @@ from stepgym.trainers.batch import RolloutBatch, collate
 from stepgym.trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from stepgym.trainers.config import TrainConfig, save_config
 from stepgym.trainers.credit import check_credit_kwargs
+from stepgym.trainers.credit_inputs import CreditInputSpec, attach_critic, check_providers, fill_credit_inputs
 from stepgym.trainers.distributed import (
     full_state_dict,
     global_rank,
@@ -101,15 +103,7 @@ from stepgym.trainers.distributed import (
 from stepgym.trainers.faults import drop_env_faults
 from stepgym.trainers.metrics import MultiSink, make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
-from stepgym.trainers.update import (
-    NonFiniteError,
-    UpdateInputs,
-    _is_fsdp,
-    compute_logprobs,
-    compute_logprobs_and_values,
-    ppo_update,
-)
-from stepgym.trainers.value import attach_value_head, step_value_mask
+from stepgym.trainers.update import NonFiniteError, UpdateInputs, compute_logprobs, ppo_update
 
 __all__ = ["EvalFn", "RolloutFn", "TeacherFn", "step_seed", "train"]
 
@@ -141,23 +135,6 @@ def _broadcast_trajectories(trajs: list[Trajectory] | None) -> list[Trajectory]:
     box = [[t.model_dump_json() for t in trajs] if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return [Trajectory.model_validate_json(s) for s in box[0]]
-
-
-@contextlib.contextmanager
-def _unsharded(model: torch.nn.Module) -> Iterator[None]:
-    """Gather an FSDP2 root's own parameters (embeddings, final norm, LM head) while the body runs.
-
-    For code that calls the decoder and the LM head directly instead of ``model(...)`` (teacher
-    rescoring); the sharded layers gather themselves in their own forward hooks.
-    """
-    if not _is_fsdp(model):
-        yield
-        return
-    model.unshard()
-    try:
-        yield
-    finally:
-        model.reshard()
 
 
 def _sync_replica(model: torch.nn.Module, replica: torch.nn.Module | None) -> None:
@@ -218,6 +195,8 @@ def train(
     task_ids: Sequence[Task],
     rollout: RolloutFn,
     teacher: TeacherFn | None = None,
+    teacher_model: torch.nn.Module | None = None,
+    judge: JudgeFn | None = None,
     evaluate: EvalFn | None = None,
     on_weights_updated: Callable[[torch.nn.Module], None] | None = None,
     resume: bool = True,
@@ -234,6 +213,9 @@ def train(
             reset seeds for an env without task ids.
         rollout: Produces the step's trajectories (``stepgym.trainers.runner.make_rollout``).
         teacher: Teacher rescoring; required when the credit method needs a teacher.
+        teacher_model: A separate teacher model (same tokenizer, frozen, on the policy's device); ``None``
+            = the policy's snapshot (``teacher.mode="snapshot"``) or the live policy.
+        judge: Step-role judge; required when the credit method needs one (TRIAGE).
         evaluate: Periodic evaluation (every ``config.eval.every`` steps).
         on_weights_updated: Weight sync to the rollout engine after each update (e.g. vLLM reload);
             an in-process policy sharing ``model`` needs none.
@@ -248,7 +230,7 @@ def train(
     update. ``rollout``/``evaluate`` are called only on rank 0 and ``teacher`` on every rank.
 
     Raises:
-        ValueError: The credit method needs a teacher that was not given.
+        ValueError: The credit method needs a teacher or judge that was not given.
         NonFiniteError: The credit method returned NaN/inf, or a loss or gradient became NaN/inf;
             the step is abandoned before any optimizer step with non-finite values and before its
             checkpoint, so the newest checkpoint on disk is intact.
@@ -257,8 +239,8 @@ def train(
     """
     # ------------------------------------------------------------------ setup
     method = check_credit_kwargs(config.credit, dict(config.credit_kwargs))
-    if method.needs_teacher and teacher is None:
-        raise ValueError(f"credit method {method.name!r} needs teacher log-probs; pass teacher=... to train()")
+    check_providers(method, teacher=teacher, judge=judge)
+    input_spec = CreditInputSpec.from_config(config)
     if not task_ids:
         raise ValueError("task_ids is empty; nothing to train on (check train_subsets)")
     out = Path(config.output_dir)
@@ -268,12 +250,12 @@ def train(
         save_config(config, out)
     torch.manual_seed(config.seed)
     model = apply_lora(model, config.lora)
-    # StepPO's critic: a zero-initialised head on the policy's last hidden state (shared backbone)
-    value_head = attach_value_head(model) if method.needs_values else None
+    # a critic when the method needs values (StepPO): a zero-initialised head on the policy's last hidden state
+    value_head = attach_critic(model, method)
     # the KL reference is the policy as given (before any checkpoint is loaded into it)
     reference = _frozen_copy(model) if config.loss.reference == "initial" else None
-    snapshot = None
-    if method.needs_teacher:
+    snapshot = None  # a separate teacher model (teacher.model, given as teacher_model) is never refreshed
+    if method.needs_teacher and teacher_model is None:
         interval = config.teacher.snapshot_interval if config.teacher.mode == "snapshot" else 0  # 0: live policy
         snapshot = TeacherSnapshot(model, interval, prepare=shard_model if world > 1 else None)
     rollout_model = model
@@ -363,40 +345,19 @@ def train(
 
         # ------------------------------------------------------------------ 2. rows, rescoring, credit
         batch = collate(trajs, pad_token_id=config.pad_token_id, training_step=step)  # schedules count training steps
-        credit = batch.credit
+        filled = fill_credit_inputs(
+            method,
+            batch,
+            trajs,
+            spec=input_spec,
+            model=model,
+            value_head=value_head,
+            teacher_model=snapshot.get(model, step) if snapshot is not None else teacher_model,
+            teacher=teacher,
+            judge=judge,
+        )
+        credit = filled.credit
         mb = config.micro_batch_size
-        values_old = None
-        if value_head is not None:
-            # one forward gives logp_old and the critic's values, both token-aligned (values_old[b, l] = V of
-            # the state before token l); CreditBatch.values is position-aligned (values[b, l] = V of state l)
-            logp_old, values_old = compute_logprobs_and_values(
-                model,
-                value_head,
-                batch.input_ids,
-                batch.attention_mask,
-                micro_batch_size=mb,
-                temperature=temperature,
-                score_mask=credit.mask,
-            )
-            values = torch.cat([values_old[:, 1:], torch.zeros_like(values_old[:, :1])], dim=1)  # [B, L]
-            credit = replace(credit, values=values)
-            if config.recompute_old_logprobs:
-                credit = replace(credit, logp_old=logp_old * credit.mask)
-        elif config.recompute_old_logprobs:
-            logp_old = compute_logprobs(
-                model,
-                batch.input_ids,
-                batch.attention_mask,
-                micro_batch_size=mb,
-                temperature=temperature,
-                score_mask=credit.mask,
-            )
-            credit = replace(credit, logp_old=logp_old * credit.mask)
-        if snapshot is not None:
-            scorer = snapshot.get(model, step)
-            with torch.no_grad(), _unsharded(scorer):
-                logp_teacher, target_mask = teacher(scorer, batch, trajs)
-            credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask)
         out_credit = method(credit, **dict(config.credit_kwargs))
         _check_credit_finite(method.name, out_credit.advantages, out_credit.returns, credit.mask, step, ckpt_root)
         logp_ref = None
@@ -421,9 +382,7 @@ def train(
             out_credit.advantages,
             logp_ref=logp_ref,
             aux=out_credit.aux,
-            returns=out_credit.returns if value_head is not None else None,
-            values_old=values_old,
-            value_mask=step_value_mask(credit.mask, credit.step_index) if value_head is not None else None,
+            **filled.critic_targets(out_credit),
         )
         if world > 1:
             inputs = inputs.rows(shard_rows(inputs.num_rows, rank, world))

@@ -30,7 +30,8 @@ from stepgym.agents.policy import SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
-from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
+from stepgym.distill.hindsight import build_hindsight_batch, llm_contrast_hindsight_batch, render_hindsight
+from stepgym.distill.judge import JudgeFn, llm_judge, oracle_judge
 from stepgym.distill.rescore import teacher_logprobs
 from stepgym.envs import resolve_env_id
 from stepgym.envs.capabilities import Task, seed_tasks
@@ -47,21 +48,23 @@ from stepgym.trainers.checkpoint import (
 )
 from stepgym.trainers.config import CONFIG_FILENAME, TrainConfig, load_config
 from stepgym.trainers.credit import get_credit
+from stepgym.trainers.credit_inputs import attach_critic
 from stepgym.trainers.distributed import global_rank, is_distributed
 from stepgym.trainers.evaluate import SubsetResult, evaluate, overall, sample_tasks, task_subsets
 from stepgym.trainers.grpo import EvalFn, RolloutFn, TeacherFn, train
 from stepgym.trainers.optim import apply_lora
-from stepgym.trainers.value import attach_value_head
 
 __all__ = [
     "EngineSync",
     "RunResult",
     "build_model",
+    "build_teacher_model",
     "build_vllm_policy",
     "eval_task_ids",
     "evaluate_model",
     "load_checkpoint_model",
     "make_evaluator",
+    "make_judge",
     "make_rollout",
     "make_teacher",
     "resolve_device",
@@ -157,8 +160,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[Any, Any, TrainConfig]:
     config = load_config(config_file)
     model, tokenizer = build_model(config)
     model = apply_lora(model, config.lora)
-    if get_credit(config.credit).needs_values:  # StepPO checkpoints hold the critic head too
-        attach_value_head(model)
+    attach_critic(model, get_credit(config.credit))  # checkpoints of methods with a critic hold its head too
     load_checkpoint(ckpt if is_checkpoint(path) else root, model=model, restore_rngs=False)
     model.eval()
     return model, tokenizer, config
@@ -282,14 +284,45 @@ class EngineSync:
         logger.info("pushed weights to the rollout engine in %.2f s", time.perf_counter() - t0)
 
 
-def make_teacher(tokenizer: Any, config: TrainConfig) -> TeacherFn:
-    """The loop's teacher: hindsight text per trajectory (ALGORITHMS.md §4.2) -> batched rescoring."""
+def _text_generator(policy: Any, tokenizer: Any, *, max_new_tokens: int, seed: int) -> Callable[[list[str]], list[str]]:
+    """``prompts -> texts`` with ``policy`` (any backend), one user message each, greedy."""
+    renderer = ChatRenderer(tokenizer)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
+
+    def generate(prompts: list[str]) -> list[str]:
+        ids = [
+            renderer.encode(renderer.render_text([{"role": "user", "content": p}], add_generation_prompt=True))
+            for p in prompts
+        ]
+        return [c.text for c in policy.generate(ids, sampling)]
+
+    return generate
+
+
+def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> TeacherFn:
+    """The loop's teacher: hindsight text per trajectory (ALGORITHMS.md §4.2) -> batched rescoring.
+
+    The hindsight parts are ``teacher.hindsight`` (a method's own parts, e.g. SGCD's contrast, fill it
+    when it is left unset: ``config_defaults``); with ``teacher.contrast="policy"`` the ``contrast`` part is
+    written by ``policy`` (SGCD's LLM-written contrast).
+    """
     t = config.teacher
+    parts = tuple(t.hindsight)
+    written = "contrast" in parts and t.contrast == "policy"
+    if written and policy is None:
+        raise ValueError("teacher.contrast='policy' needs the policy to write the contrast; pass policy=...")
+    write = None
+    if written:
+        write = _text_generator(policy, tokenizer, max_new_tokens=t.contrast_max_tokens, seed=config.seed)
+    plain = tuple(p for p in parts if not (written and p == "contrast"))
 
     def teacher(
         model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = build_hindsight_batch(trajs, t.hindsight)
+        texts = build_hindsight_batch(trajs, plain)
+        if write is not None:
+            extra = llm_contrast_hindsight_batch(trajs, write)
+            texts = ["\n".join(x for x in pair if x) or None for pair in zip(texts, extra)]
         per_traj = [render_hindsight(text, tokenizer) for text in texts]
         rows = [seq for traj in trajs for seq in traj.sequences]
         hindsight = [per_traj[int(i)] for i in batch.credit.traj_index]
@@ -309,6 +342,34 @@ def make_teacher(tokenizer: Any, config: TrainConfig) -> TeacherFn:
         return logp_t.to(device), target.to(device)
 
     return teacher
+
+
+def build_teacher_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module | None:
+    """The separate teacher of ``teacher.model`` (frozen, eval, on the policy's device), or ``None``.
+
+    Raises:
+        ValueError: Its tokenizer differs from the policy's (rescoring compares log-probs of the same
+            token ids; cross-tokenizer distillation is not supported).
+    """
+    name = config.teacher.model
+    if name is None:
+        return None
+    model, teacher_tok = load_model(name, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
+    if teacher_tok.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"teacher.model {name!r} has a different tokenizer ({len(teacher_tok)} tokens) from the policy "
+            f"{config.model!r} ({len(tokenizer)} tokens); teacher rescoring needs the same token ids. Use a teacher "
+            "with the policy's tokenizer (e.g. an SFT'd checkpoint of the policy); cross-tokenizer distillation "
+            "is not supported"
+        )
+    return model.eval().requires_grad_(False)
+
+
+def make_judge(config: TrainConfig, policy: Any, tokenizer: Any) -> JudgeFn:
+    """The step judge of ``config.judge``: env signals, or ``policy`` answering the judge prompt (greedy)."""
+    if config.judge == "oracle":
+        return oracle_judge
+    return llm_judge(_text_generator(policy, tokenizer, max_new_tokens=config.judge_max_tokens, seed=config.seed))
 
 
 def _flat_eval(results: Mapping[str, SubsetResult]) -> dict[str, float]:
@@ -443,7 +504,9 @@ def run_training(
             model=model,
             task_ids=tasks,
             rollout=_rollout(pool, policy, renderer, config, wrap_rollout, sync) if pool is not None else _no_rollout,
-            teacher=make_teacher(tokenizer, config) if method.needs_teacher else None,
+            teacher=make_teacher(tokenizer, config, policy) if method.needs_teacher else None,
+            teacher_model=build_teacher_model(config, tokenizer) if method.needs_teacher else None,
+            judge=make_judge(config, policy, tokenizer) if "judge" in method.needs else None,
             evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,
             on_step=on_step,
             should_stop=stop,

@@ -30,6 +30,7 @@ from stepgym.trainers.losses import (
     entropy_from_logits,
     kl_k3,
 )
+from stepgym.trainers.value import clipped_value_error
 
 __all__ = [
     "NonFiniteError",
@@ -144,32 +145,43 @@ def compute_logprobs(
 @torch.no_grad()
 def compute_logprobs_and_values(
     model: torch.nn.Module,
-    value_head: torch.nn.Module,
+    value_head: torch.nn.Module | None,
     input_ids: torch.Tensor,  # [B, L]
     attention_mask: torch.Tensor,  # [B, L]
     *,
     micro_batch_size: int,
     temperature: float = 1.0,
     score_mask: torch.Tensor,  # [B, L]
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([B, L], [B, L])
-    """Old log-probs and old values in one forward per micro-batch (no grad).
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # ([B, L], [B, L] | None, [B, L] | None)
+    """Old log-probs, and the critic's values and the entropy when asked, in one forward per micro-batch (no grad).
 
-    Both are token-aligned (:func:`token_logprobs`): ``values[b, l]`` is the value of the state that
+    All are token-aligned (:func:`token_logprobs`): ``values[b, l]`` is the value of the state that
     predicts token ``l``, i.e. of position ``l - 1``; 0 where ``score_mask`` is 0.
+
+    Returns:
+        ``(logp, values or None, entropy or None)``.
     """
-    logps, values = [], []
+    logps, values, entropies = [], [], []
     for i in range(0, input_ids.shape[0], micro_batch_size):
-        logp, _, v = token_logprobs(
+        logp, ent, v = token_logprobs(
             model,
             input_ids[i : i + micro_batch_size],
             attention_mask[i : i + micro_batch_size],
             temperature=temperature,
+            with_entropy=with_entropy,
             value_head=value_head,
             score_mask=score_mask[i : i + micro_batch_size],
         )
         logps.append(logp)
         values.append(v)
-    return torch.cat(logps, dim=0), torch.cat(values, dim=0)
+        entropies.append(ent)
+    cat = torch.cat
+    return (
+        cat(logps, dim=0),
+        cat(values, dim=0) if value_head is not None else None,
+        cat(entropies, dim=0) if with_entropy else None,
+    )
 
 
 # =========================================================================== inputs
@@ -207,7 +219,12 @@ class UpdateInputs:
 
         aux = self.aux
         if aux is not None:
-            aux = replace(aux, target_mask=aux.target_mask[index], logp_teacher=aux.logp_teacher[index])
+            aux = replace(
+                aux,
+                target_mask=aux.target_mask[index],
+                logp_teacher=aux.logp_teacher[index],
+                weight=None if aux.weight is None else aux.weight[index],
+            )
         return UpdateInputs(
             input_ids=self.input_ids[index],
             attention_mask=self.attention_mask[index],
@@ -364,15 +381,13 @@ def ppo_update(
                     loss = loss - cfg.entropy_coef * ent
                 if micro.aux is not None:
                     target = micro.aux.target_mask * weight  # [b, L]
-                    aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target)  # [b, L]
+                    weighted = {} if micro.aux.weight is None else {"weight": micro.aux.weight}
+                    aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target, **weighted)  # [b, L]
                     aux_loss = (aux_tok * target).sum() / tgt_norm
                     terms["aux"] = aux_loss
                     loss = loss + micro.aux.coef * aux_loss
                 if train_value:
-                    v_err = (values - micro.returns) ** 2  # [b, L]
-                    if cfg.value_clip is not None and micro.values_old is not None:
-                        v_clip = micro.values_old + (values - micro.values_old).clamp(-cfg.value_clip, cfg.value_clip)
-                        v_err = torch.maximum(v_err, (v_clip - micro.returns) ** 2)  # PPO value clipping
+                    v_err = clipped_value_error(values, micro.values_old, micro.returns, clip=cfg.value_clip)  # [b, L]
                     vmask = (micro.value_mask if micro.value_mask is not None else micro.mask) * weight  # [b, L]
                     value_loss = 0.5 * (v_err * vmask).sum() / val_norm
                     terms["value"] = value_loss

@@ -1,9 +1,9 @@
-"""A value head for StepPO: a scalar on top of a causal LM's hidden states, and its clipped loss.
+"""A value head for StepPO: a scalar on top of the policy's hidden states, and its clipped loss.
 
 StepPO (arXiv 2604.18401; ALGORITHMS.md §8) reads ``V_k`` at the token right before step ``k``
-(the last prompt token of the step in the per-step layout). :class:`CausalLMCritic` gives a value
-at every position (``[B, L]``, what ``CreditBatch.values`` holds); :func:`step_value_loss` regresses
-the values at those positions to the step returns ``G_k`` with PPO's clipped MSE.
+(the last prompt token of the step in the per-step layout). :func:`attach_value_head` puts a
+:class:`ValueHead` on the policy (shared backbone); the update regresses the values at
+:func:`step_value_mask` to the step returns ``G_k`` with :func:`clipped_value_error` (PPO's clipped MSE).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from torch import nn
 
 __all__ = [
     "VALUE_HEAD_NAME",
-    "CausalLMCritic",
     "ValueHead",
     "attach_value_head",
+    "clipped_value_error",
     "get_value_head",
-    "step_value_loss",
     "step_value_mask",
     "step_value_positions",
 ]
@@ -68,28 +67,6 @@ def get_value_head(model: nn.Module) -> ValueHead | None:
     return head if isinstance(head, ValueHead) else None
 
 
-class CausalLMCritic(nn.Module):
-    """A critic: the decoder of a causal LM (its own copy, or the policy's when shared) + :class:`ValueHead`.
-
-    Args:
-        lm: A transformers ``*ForCausalLM`` (only its decoder is used).
-        detach_backbone: Train only the head (the backbone runs under ``no_grad``), e.g. when the
-            backbone is the policy itself.
-    """
-
-    def __init__(self, lm: nn.Module, *, detach_backbone: bool = False) -> None:
-        super().__init__()
-        self.backbone = lm.get_decoder()  # type: ignore[operator]
-        self.head = ValueHead(lm.config.hidden_size)  # type: ignore[union-attr]
-        self.detach_backbone = detach_backbone
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, L]`` ids (right-padded) -> ``[B, L]`` values."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_backbone):
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
-        return self.head(hidden)  # [B, L]
-
-
 def step_value_positions(
     mask: torch.Tensor,  # [B, L]
     step_index: torch.Tensor,  # [B, L] long
@@ -124,23 +101,20 @@ def step_value_mask(
     return out
 
 
-def step_value_loss(
+def clipped_value_error(
     values: torch.Tensor,  # [B, L] current critic values (with grad)
-    old_values: torch.Tensor,  # [B, L] critic values at rollout time
-    returns: torch.Tensor,  # [B, L] step returns G_k on the step's trainable tokens (CreditOutput.returns)
-    mask: torch.Tensor,  # [B, L]
-    step_index: torch.Tensor,  # [B, L] long
+    values_old: torch.Tensor | None,  # [B, L] critic values at rollout time
+    returns: torch.Tensor,  # [B, L] value targets (CreditOutput.returns)
     *,
-    clip: float = 0.2,
-) -> torch.Tensor:  # []
-    """PPO clipped value loss at each step's value position (StepPO's critic; PPO arXiv 1707.06347 §4).
+    clip: float | None,
+) -> torch.Tensor:  # [B, L]
+    """PPO's clipped squared value error per token (PPO arXiv 1707.06347 §4; StepPO's critic, ALGORITHMS.md §8).
 
-    ``0.5 * mean_k max((V - G)^2, (V_old + clip(V - V_old, -clip, clip) - G)^2)`` over steps.
+    ``max((V - G)^2, (V_old + clip(V - V_old, -clip, clip) - G)^2)``; plain ``(V - G)^2`` when ``clip``
+    or ``values_old`` is ``None``. The loss is ``0.5 *`` its mean over the value positions.
     """
-    rows, vpos, fpos = step_value_positions(mask, step_index)
-    if rows.numel() == 0:
-        return values.sum() * 0.0
-    g = returns[rows, fpos].detach()  # [N]
-    v, v_old = values[rows, vpos], old_values[rows, vpos].detach()  # [N]
-    v_clip = v_old + (v - v_old).clamp(-clip, clip)  # [N]
-    return 0.5 * torch.maximum((v - g) ** 2, (v_clip - g) ** 2).mean()
+    err = (values - returns) ** 2  # [B, L]
+    if clip is None or values_old is None:
+        return err
+    v_clip = values_old + (values - values_old).clamp(-clip, clip)  # [B, L]
+    return torch.maximum(err, (v_clip - returns) ** 2)
