@@ -354,8 +354,8 @@ class KVEngine:
         def save(j: int) -> None:  # batch row j's cache: its prompt and completion but the last (unfed) token
             i, length = active[j], cache.layers[0].length
             ids = np.concatenate([arrays[i], np.asarray(rows.ids[i][:-1], dtype=np.int64)])
-            kv = [(lay.keys[j, :, pad[j] : length].clone(), lay.values[j, :, pad[j] : length].clone()) for lay in cache.layers]
-            final[i] = _Entry(ids, kv)
+            cut = slice(pad[j], length)
+            final[i] = _Entry(ids, [(lay.keys[j, :, cut].clone(), lay.values[j, :, cut].clone()) for lay in cache.layers])
 
         for t in range(sampling.max_new_tokens):
             logp = torch.log_softmax(logits / temp, dim=-1)  # [b, V]
