@@ -355,7 +355,8 @@ class KVEngine:
             i, length = active[j], cache.layers[0].length
             ids = np.concatenate([arrays[i], np.asarray(rows.ids[i][:-1], dtype=np.int64)])
             cut = slice(pad[j], length)
-            final[i] = _Entry(ids, [(lay.keys[j, :, cut].clone(), lay.values[j, :, cut].clone()) for lay in cache.layers])
+            kv = [(lay.keys[j, :, cut].clone(), lay.values[j, :, cut].clone()) for lay in cache.layers]
+            final[i] = _Entry(ids, kv)
 
         for t in range(sampling.max_new_tokens):
             logp = torch.log_softmax(logits / temp, dim=-1)  # [b, V]
