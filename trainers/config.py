@@ -324,6 +324,9 @@ class TrainConfig(_Config):
     """Folder for ``config.json``, ``metrics.jsonl`` and ``checkpoints/``."""
     metric_sinks: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
     """Where metrics go; JSONL is always written, the others are optional extras."""
+    threads: int | None = Field(None, ge=1)
+    """Torch CPU threads of the trainer and the in-process generator, set once at the start (``trainers/threads.py``);
+    ``None`` = ``OMP_NUM_THREADS`` when exported, else the physical cores this process may use."""
 
     @model_validator(mode="before")
     @classmethod
