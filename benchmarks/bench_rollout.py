@@ -137,7 +137,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def child(workload: str, engine: str) -> dict[str, Any]:
+def child(workload: str, engine: str, *, tasks: int | None = None, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     """One timed ``collect`` of ``workload`` with ``engine`` in this process."""
     import torch
     from stepgym.agents.hf import HFPolicy
@@ -148,11 +148,11 @@ def child(workload: str, engine: str) -> dict[str, Any]:
     from stepgym.envs import EnvPool
     from stepgym.trainers.evaluate import task_subsets
 
-    w = WORKLOADS[workload]
+    w = dict(WORKLOADS[workload], **({"tasks": tasks} if tasks else {}))
     model, tok = load_model("smollm2-135m")
     by = task_subsets(w["env_id"], w["env_kwargs"])
     pool_ids = by[w["subset"]] if w["subset"] else [t for ids in by.values() for t in ids]
-    tasks = sorted(pool_ids)[: w["tasks"]]
+    task_ids = sorted(pool_ids)[: w["tasks"]]
     if engine == "generate":
         inner: Any = GeneratePolicy(model, tok)
     else:
@@ -160,14 +160,14 @@ def child(workload: str, engine: str) -> dict[str, Any]:
     policy = Counting(inner)
     n_eps = w["tasks"] * w["group"]
     pool = EnvPool(w["env_id"], n_eps, env_kwargs=w["env_kwargs"])
-    sp = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, stop=DEFAULT_STOP, seed=0)
+    sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, stop=DEFAULT_STOP, seed=0)
     inner.generate([tok("warm up", add_special_tokens=False)["input_ids"]], SamplingParams(max_new_tokens=2))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trajs = collect(
             pool,
             policy,
-            tasks,
+            task_ids,
             group_size=w["group"],
             layout=w["layout"],
             renderer=ChatRenderer(tok),
@@ -176,7 +176,7 @@ def child(workload: str, engine: str) -> dict[str, Any]:
             seed=0,
             check_drift=False,
         )
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         pool.close()
     gen = sum(int(t.info["num_generated_tokens"]) for t in trajs)
@@ -184,11 +184,14 @@ def child(workload: str, engine: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "workload": workload,
         "engine": engine,
+        "new_tokens": new_tokens,
         "threads": torch.get_num_threads(),
         "episodes": len(trajs),
         "steps": sum(t.num_steps for t in trajs),
         "wall_s": wall,
+        "cpu_s": cpu,
         "episodes_per_s": len(trajs) / wall,
+        "episodes_per_cpu_s": len(trajs) / cpu,
         "gen_tok_per_s": gen / wall,
         "generated_tokens": gen,
         "turns": policy.calls,
@@ -228,15 +231,18 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     ap.add_argument("--rounds", type=int, default=1, help="Interleaved rounds (engine order alternates)")
+    ap.add_argument("--tasks", type=int, help="Tasks per workload (default: the workload's; episodes = tasks x group)")
+    ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="Most new tokens per turn")
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help="Also write every run as JSON here")
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(*args.child)), flush=True)
+        print("RESULT " + json.dumps(child(*args.child, tasks=args.tasks, new_tokens=args.new_tokens)), flush=True)
         return
     import torch
 
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__} threads={torch.get_num_threads()} cpu={cpu} cores={os.cpu_count()}")
     print(f"load average before: {os.getloadavg()}")
     vllm_py = os.environ.get("STEPGYM_VLLM_CPU_PYTHON")
     if not vllm_py or not os.path.exists(vllm_py):
@@ -248,17 +254,19 @@ def main() -> None:
         for workload in args.workloads:
             order = list(args.engines) if r % 2 == 0 else list(reversed(args.engines))
             for engine in order:
-                cmd = [sys.executable, __file__, "--child", workload, engine]
+                cmd = [sys.executable, __file__, "--child", workload, engine, "--new-tokens", str(args.new_tokens)]
+                cmd += ["--tasks", str(args.tasks)] if args.tasks else []
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
                     print(proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"{workload}/{engine} failed (exit {proc.returncode})")
+                    print(f"[round {r}] {workload}/{engine} failed (exit {proc.returncode}); continuing", flush=True)
+                    continue
                 res = json.loads(line[0][7:])
                 res["round"], res["load1"] = r, os.getloadavg()[0]
                 runs.append(res)
                 print(
-                    f"[round {r}] {workload:8s} {engine:8s} {res['wall_s']:7.1f} s  "
+                    f"[round {r}] {workload:8s} {engine:8s} {res['wall_s']:7.1f} s (cpu {res['cpu_s']:6.1f} s)  "
                     f"{res['episodes_per_s']:.3f} ep/s  {res['gen_tok_per_s']:6.1f} tok/s  "
                     f"prefill/turn {res['prefill_tokens_per_turn']:7.0f}  rss {res['peak_rss_mb']:.0f} MB  "
                     f"ids {res['ids_digest']}  load {res['load1']:.2f}",
@@ -268,7 +276,10 @@ def main() -> None:
     for workload in args.workloads:
         by: dict[str, dict[str, float]] = {}
         for engine in args.engines:
-            rs = sorted((x for x in runs if x["workload"] == workload and x["engine"] == engine), key=lambda x: x["wall_s"])
+            rs = [x for x in runs if x["workload"] == workload and x["engine"] == engine]
+            rs.sort(key=lambda x: x["wall_s"])
+            if not rs:
+                continue
             mid = rs[len(rs) // 2]
             by[engine] = mid
             line = (
@@ -286,8 +297,12 @@ def main() -> None:
             for other in by:
                 if other != "kv":
                     ratio = by["kv"]["episodes_per_s"] / by[other]["episodes_per_s"]
+                    ratio_cpu = by["kv"]["episodes_per_cpu_s"] / by[other]["episodes_per_cpu_s"]
                     same = by["kv"]["ids_digest"] == by[other]["ids_digest"]
-                    print(f"{workload:8s} kv / {other}: {ratio:.2f}x episodes/s (same ids: {same})")
+                    print(
+                        f"{workload:8s} kv / {other}: {ratio:.2f}x episodes per wall s, {ratio_cpu:.2f}x per CPU s "
+                        f"(same ids: {same})"
+                    )
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
