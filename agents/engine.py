@@ -266,6 +266,10 @@ class EngineStats:
     """Wall seconds in prefill (cache lookup, suffix forwards)."""
     decode_s: float = 0.0
     """Wall seconds in the decode loop (forwards, sampling, stop checks, rows leaving)."""
+    prefill_cpu_s: float = 0.0
+    """CPU seconds of this process in prefill (all threads; robust to other jobs' load)."""
+    decode_cpu_s: float = 0.0
+    """CPU seconds of this process in the decode loop."""
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -290,6 +294,13 @@ class KVEngine:
         self.stop_token_ids = stop_token_ids
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
+        conf = model.config.get_text_config(decoder=True)
+        other = sorted({t for t in (getattr(conf, "layer_types", None) or []) if t != "full_attention"})
+        if other:
+            raise ValueError(
+                f"the kv engine caches full-attention layers only, but this model has {other} layers; "
+                "use HFPolicy(engine='legacy') (rollout.engine='legacy')"
+            )
         self.stats = EngineStats()
         self._entries: list[_Entry] = []  # the previous call's rows
         self._version = -1
@@ -384,7 +395,7 @@ class KVEngine:
         self.stats.calls += 1
         arrays = [np.asarray(list(p), dtype=np.int64) for p in prompts]
         # ---- prefill each row from its best cached prefix (the previous call's rows and this call's)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pool = list(self._entries)
         row_kv, first_logits = [], []
         for ids in arrays:
@@ -428,8 +439,9 @@ class KVEngine:
             kv = [(lay.keys[j, :, cut].clone(), lay.values[j, :, cut].clone()) for lay in cache.layers]
             final[i] = _Entry(ids, kv)
 
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         self.stats.prefill_s += t1 - t0
+        self.stats.prefill_cpu_s += c1 - c0
         for t in range(sampling.max_new_tokens):
             logp = torch.log_softmax(logits / temp, dim=-1)  # [b, V]
             u = torch.rand(b, generator=gen, device=self.device)  # [B] one uniform per original row
@@ -477,4 +489,5 @@ class KVEngine:
                 save(j)
         self._entries = [final[i] for i in sorted(final)]
         self.stats.decode_s += time.perf_counter() - t1
+        self.stats.decode_cpu_s += time.process_time() - c1
         return rows.completions()

