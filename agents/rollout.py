@@ -248,7 +248,8 @@ def collect(
         pool: The envs (any Gymnasium text env; its optional ``protocol`` attribute starts the first prompt).
         policy: Any :class:`Policy`; one with an ``observe(rows)`` method (e.g.
             :class:`~stepgym.agents.scripted.TextAgentPolicy`) also gets ``(episode key, observation,
-            info, is_first)`` rows before each ``generate``.
+            info, is_first)`` rows before each ``generate``; one with ``reset_cache()`` (the KV engine of
+            :class:`~stepgym.agents.hf.HFPolicy`) has its cached sequences dropped at the start and the end.
         tasks: Task ids (``str``: reset with ``options={"task_id": t}``) or seeds (``int``: the env
             picks the task from the seed); every member of a task's group gets the same seed and options.
         group_size: Episodes per task (``G``); they share ``group_id``.
