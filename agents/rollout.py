@@ -248,7 +248,8 @@ def collect(
         pool: The envs (any Gymnasium text env; its optional ``protocol`` attribute starts the first prompt).
         policy: Any :class:`Policy`; one with an ``observe(rows)`` method (e.g.
             :class:`~stepgym.agents.scripted.TextAgentPolicy`) also gets ``(episode key, observation,
-            info, is_first)`` rows before each ``generate``.
+            info, is_first)`` rows before each ``generate``; one with ``reset_cache()`` (the KV engine of
+            :class:`~stepgym.agents.hf.HFPolicy`) has its cached sequences dropped at the start and the end.
         tasks: Task ids (``str``: reset with ``options={"task_id": t}``) or seeds (``int``: the env
             picks the task from the seed); every member of a task's group gets the same seed and options.
         group_size: Episodes per task (``G``); they share ``group_id``.
@@ -306,6 +307,10 @@ def collect(
     running: dict[int, _Episode] = {}
     finished: dict[int, Trajectory] = {}
     observe = getattr(policy, "observe", None)
+    # an engine that keeps KV caches between calls (agents/engine.py) starts and ends each rollout empty
+    reset_cache = getattr(policy, "reset_cache", None)
+    if callable(reset_cache):
+        reset_cache()
     turn = 0
 
     def finish(ep: _Episode, reason: str | None = None) -> None:
@@ -480,6 +485,8 @@ def collect(
                 finish(ep, "env_truncated")
             elif out_of_turns:
                 finish(ep, "max_turns")
+    if callable(reset_cache):
+        reset_cache()
     return [finished[ep.key] for ep in episodes]
 
 

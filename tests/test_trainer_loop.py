@@ -47,6 +47,9 @@ def test_success_rate_rises_and_every_parameter_changes(tmp_path):
     rows = JsonlSink.read(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert {"loss/policy", "credit/adv_mean", "optim/lr", "time/update"} <= set(rows[0])
+    timers = {"time/generate", "time/env", "time/credit", "time/update", "time/eval", "time/rollout", "time/step"}
+    assert all(timers <= set(r) and r["time/update"] > 0 and r["time/step"] >= r["time/update"] for r in rows)
+    assert rows[0]["system/torch_threads"] == torch.get_num_threads() >= 1
     assert (tmp_path / "config.json").is_file() and (tmp_path / "checkpoints" / "step-00000012").is_dir()
 
 

@@ -1,6 +1,7 @@
 """The PPO-style update on a tiny Qwen3: log-prob alignment, accumulation invariance, guards."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -268,3 +269,42 @@ def test_step_value_mask_marks_first_trainable_token_of_each_step():
     step_index = torch.tensor([[-1, 0, 0, -1, 1, 1, -1], [-1, -1, 0, 0, 0, -1, -1]])
     expected = torch.tensor([[0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0, 0]], dtype=torch.float32)
     assert torch.equal(step_value_mask(mask, step_index), expected)
+
+
+def _adamw_twice(model, first, second, loss):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    ppo_update(model, opt, first, loss_config=loss, micro_batch_size=4)
+    after_first = torch.cat([p.detach().flatten() for p in model.parameters()])
+    m = ppo_update(model, opt, second, loss_config=loss, micro_batch_size=4)
+    return after_first, torch.cat([p.detach().flatten() for p in model.parameters()]), m
+
+
+def test_zero_advantage_update_skips_forward_backward_but_steps_like_it_ran(monkeypatch):
+    """All advantages 0 and no other term: no forward/backward, yet AdamW moves the weights exactly as if it ran."""
+    import stepgym.trainers.update as update_module
+
+    base = tiny_model()
+    first = _inputs(base)
+    second = replace(first, advantages=torch.zeros_like(first.advantages))
+    calls = []
+    real = update_module.token_logprobs
+    monkeypatch.setattr(update_module, "token_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a1, a2, skipped = _adamw_twice(copy.deepcopy(base), first, second, LossConfig())
+    n_first = len(calls)
+    assert n_first == 2 and skipped["optim/skipped_steps"] == 1.0  # 8 rows / micro 4: two forwards, then none
+    assert skipped["loss/policy"] == 0.0 and skipped["optim/grad_norm"] == 0.0 and "loss/approx_kl" not in skipped
+    assert (a2 - a1).abs().max() > 1e-5  # Adam's momentum and weight decay still moved the weights
+    # the reference runs the zero-advantage forward/backward (the skip rule forced off)
+    monkeypatch.setattr(update_module, "_can_have_gradient", lambda *a: True)
+    b1, b2, ran = _adamw_twice(copy.deepcopy(base), first, second, LossConfig())
+    assert ran["optim/skipped_steps"] == 0.0 and len(calls) == n_first + 4
+    assert torch.equal(a1, b1) and torch.allclose(a2, b2, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("loss", [LossConfig(entropy_coef=0.01), LossConfig(kl_coef=0.1, reference="initial")])
+def test_zero_advantages_never_skip_with_entropy_or_kl(loss):
+    model = tiny_model()
+    inputs = _inputs(model, with_ref=loss.kl_coef > 0)
+    inputs = replace(inputs, advantages=torch.zeros_like(inputs.advantages))
+    m = _update(model, inputs, micro=8, loss=loss, lr=1e-3)
+    assert m["optim/skipped_steps"] == 0.0 and m["optim/grad_norm"] > 0

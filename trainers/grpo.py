@@ -103,6 +103,7 @@ from stepgym.trainers.distributed import (
 from stepgym.trainers.faults import drop_env_faults
 from stepgym.trainers.metrics import MultiSink, make_sinks
 from stepgym.trainers.optim import apply_lora, build_optimizer, build_scheduler
+from stepgym.trainers.threads import apply_thread_policy
 from stepgym.trainers.update import NonFiniteError, UpdateInputs, compute_logprobs, ppo_update
 
 __all__ = ["EvalFn", "RolloutFn", "TeacherFn", "step_seed", "train"]
@@ -249,6 +250,7 @@ def train(
     if rank == 0:
         save_config(config, out)
     torch.manual_seed(config.seed)
+    thread_policy = apply_thread_policy(config.threads)  # once: the trainer and the in-process generator share it
     model = apply_lora(model, config.lora)
     # a critic when the method needs values (StepPO): a zero-initialised head on the policy's last hidden state
     value_head = attach_critic(model, method)
@@ -422,18 +424,25 @@ def train(
             **{f"credit/{k}": float(v) for k, v in out_credit.metrics.items()},
             **update_metrics,
         }
+        t_eval = time.perf_counter()
         if evaluate is not None and config.eval.every and done % config.eval.every == 0 and rank == 0:
             rollout_model.eval()
             metrics.update({f"eval/{k}": float(v) for k, v in evaluate(rollout_model, done).items()})
+        t_eval = time.perf_counter() - t_eval
         step_seconds = time.perf_counter() - t0
         train_seconds += step_seconds
         metrics.update(
             {
                 "time/rollout": t_rollout - t0,
+                # inside the rollout (rollout_metrics: each trajectory's share of the batched calls, summed)
+                "time/generate": rollout_stats["time/generate_s"],
+                "time/env": rollout_stats["time/env_s"],
                 "time/credit": t_credit - t_rollout,
                 "time/update": t_update - t_credit,
+                "time/eval": t_eval,
                 "time/step": step_seconds,
                 "time/total": train_seconds,
+                **thread_policy.metrics(),
             }
         )
         if rank == 0:

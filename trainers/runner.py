@@ -231,7 +231,9 @@ def make_rollout(
         # rank 0's unsharded replica; under LoRA: the peft-patched base model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if isinstance(current, HFPolicy) and current.model is not base:
-            current = HFPolicy(base, current.tokenizer, seed=config.seed, max_batch_size=current.max_batch_size)
+            current = HFPolicy(
+                base, current.tokenizer, seed=config.seed, max_batch_size=current.max_batch_size, engine=current.engine
+            )
         return collect(
             pool,
             current,
@@ -399,7 +401,7 @@ def evaluate_model(
     ``policy`` replaces the transformers policy over ``model`` (e.g. an :class:`~stepgym.agents.openai.OpenAIPolicy`
     of a served model; ``model`` is then unused and ``tokenizer`` only renders the prompts).
     """
-    policy = policy if policy is not None else HFPolicy(model, tokenizer, seed=seed)
+    policy = policy if policy is not None else HFPolicy(model, tokenizer, seed=seed, engine=config.rollout.engine)
     return evaluate(
         policy,
         ChatRenderer(tokenizer),
@@ -480,7 +482,7 @@ def run_training(
         sync = EngineSync(policy)
     else:
         # the policy shares the trained module: LoRA (applied in train()) patches it in place
-        policy = HFPolicy(model, tokenizer, seed=config.seed)
+        policy = HFPolicy(model, tokenizer, seed=config.seed, engine=config.rollout.engine)
     # under several processes only rank 0 steps envs and generates; the loop broadcasts its trajectories
     pool = (
         EnvPool(config.env_id, config.num_envs, backend=config.env_backend, env_kwargs=config.env_kwargs)

@@ -255,6 +255,15 @@ def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
     return x
 
 
+def _can_have_gradient(mb: UpdateInputs, cfg: LossConfig, train_value: bool) -> bool:
+    """False only when the mini-batch's loss is identically 0: all advantages 0 and no other term (on every rank)."""
+    live = cfg.kl_coef > 0 or cfg.entropy_coef > 0 or mb.aux is not None or train_value
+    live = live or bool((mb.advantages * mb.mask).ne(0).any())
+    if is_distributed():  # every rank must run (or skip) the same forwards, or FSDP's collectives hang
+        live = bool(_all_reduce(torch.tensor([float(live)]), dist.ReduceOp.MAX) > 0)
+    return live
+
+
 def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
     if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
@@ -311,7 +320,8 @@ def ppo_update(
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     norm_length = cfg.norm_length  # Dr.GRPO's constant (TrainConfig fills it); never the padded length
     totals: dict[str, float] = {}
-    n_opt_steps = 0
+    term_steps: dict[str, int] = {}  # optimizer steps that computed each term
+    n_opt_steps = skipped = 0
     model.train()
 
     for epoch in range(ppo_epochs):
@@ -335,6 +345,21 @@ def ppo_update(
 
             optimizer.zero_grad(set_to_none=True)
             step_terms: dict[str, float] = {}
+            if not _can_have_gradient(mb, cfg, train_value):
+                # every trainable token's advantage is 0 and no KL / entropy / auxiliary / value term applies:
+                # the loss is identically 0, so its forward/backward is skipped. The optimizer still steps on
+                # zero gradients, so AdamW's moments, weight decay and the schedule advance exactly as if it ran.
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                n_opt_steps += 1
+                skipped += 1
+                for key in ("policy", "total", "clip_frac", "grad_norm"):  # exactly 0 (no approx_kl: not computed)
+                    totals[key] = totals.get(key, 0.0)
+                    term_steps[key] = term_steps.get(key, 0) + 1
+                continue
             for k in range(n_micro):
                 rows = torch.arange(k * micro_batch_size, min((k + 1) * micro_batch_size, mb.num_rows))
                 dummy = rows.numel() == 0  # this rank ran out of rows: a zero-weight forward keeps collectives in step
@@ -430,14 +455,17 @@ def ppo_update(
             step_terms["grad_norm"] = grad_norm
             for key, v in step_terms.items():
                 totals[key] = totals.get(key, 0.0) + v
+                term_steps[key] = term_steps.get(key, 0) + 1
 
     grad_norm_total = totals.pop("grad_norm", 0.0)
+    term_steps.pop("grad_norm", None)
     if is_distributed() and totals:  # each process holds its rows' share of every (globally normalised) term
         keys = sorted(totals)
         summed = _all_reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
         totals = dict(zip(keys, summed.tolist()))
-    metrics = {f"loss/{k}": v / max(n_opt_steps, 1) for k, v in totals.items()}
+    metrics = {f"loss/{k}": v / max(term_steps.get(k, 0), 1) for k, v in totals.items()}
     metrics["optim/grad_norm"] = grad_norm_total / max(n_opt_steps, 1)
     metrics["optim/lr"] = float(optimizer.param_groups[0]["lr"])
     metrics["optim/steps"] = float(n_opt_steps)
+    metrics["optim/skipped_steps"] = float(skipped)
     return metrics
