@@ -6,7 +6,10 @@ batch it was given (``stepgym.distill.diagnostics``): the AUC with which the per
 -- and, for teacher methods, the per-step mean ``|Delta|`` (``Delta = logp_teacher - logp_old`` on
 the target tokens) -- ranks the env's decisive steps above neutral ones, over the failed and the
 successful trajectories (within-trajectory pairing). NaN when the batch has no (decisive, neutral)
-pair (the null variant; or all failures skipped the decisive step).
+pair (the null variant; or all failures skipped the decisive step). Next to the AUC, ``credit/share_...``
+(:func:`batch_share`): the decisive action tokens' share of the credit, signed, as an effect size against
+GRPO, against the same step position and against a placebo (issue 17: the AUC cannot see StepOPSD's
+within-step reweighting, nor sign, size or position).
 
 The decisive flags come from the trajectories: the rollout function announces them with
 :func:`announce` (``decisive_flags(trajs)``) before the trainer calls the credit method;
@@ -29,12 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from stepgym.distill.diagnostics import credit_causality_auc, decisive_flags, per_step_credit
+from stepgym.distill.diagnostics import credit_causality_auc, decisive_flags, decisive_share, per_step_credit
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.credit import CreditBatch, CreditOutput, get_credit, register_credit
 
 __all__ = [
     "announce",
+    "announced_flags",
+    "batch_share",
     "batch_auc",
     "hindsight_teacher",
     "probe_rollout",
@@ -66,6 +71,53 @@ def announce(trajectories: Sequence[Trajectory] | None) -> None:
     """Tell the probed credit methods the per-step decisive flags of the next batch (``None`` clears)."""
     _ANNOUNCED["flags"] = None if trajectories is None else decisive_flags(trajectories)
     _ANNOUNCED["right_commitment"] = math.nan if trajectories is None else right_commitment_rate(trajectories)
+
+
+def announced_flags(num_trajectories: int, method: str) -> list[list[bool]]:
+    """The decisive flags announced for this batch; fails when there are none or they are for another batch.
+
+    Raises:
+        RuntimeError: Nothing announced, or a different number of trajectories than the batch holds.
+    """
+    flags = _ANNOUNCED["flags"]
+    how = (
+        "run it through run_training(config, wrap_rollout=stepgym.trainers.credit_probe.probe_rollout) "
+        "or call stepgym.trainers.credit_probe.announce(trajectories) before the credit method"
+    )
+    if flags is None:
+        raise RuntimeError(
+            f"credit method {method!r} needs the env's decisive flags of this batch, none were announced; {how}"
+        )
+    if len(flags) != num_trajectories:
+        raise RuntimeError(
+            f"credit method {method!r}: the announced decisive flags are for {len(flags)} trajectories but the "
+            f"batch has {num_trajectories}; {how}"
+        )
+    return flags
+
+
+def batch_share(
+    batch: CreditBatch,
+    advantages: torch.Tensor,  # [B, L]
+    flags: Sequence[Sequence[bool]],
+) -> dict[str, float]:
+    """``share_*``: :func:`~stepgym.distill.diagnostics.decisive_share` of the advantages on the action tokens.
+
+    Keys: ``share_abs`` (decisive action tokens' share of ``sum |A|``), ``share_tokens`` (their share of the
+    tokens, GRPO's ``share_abs``), ``share_lift`` (1 = GRPO), ``share_pos_excess`` (lift over the neutral
+    steps at the same position), ``share_placebo_excess`` (chance: 0), ``share_signed_{failed,successful}``.
+    """
+    tokens = batch.mask * batch.action_mask if bool((batch.action_mask * batch.mask).any()) else batch.mask
+    r = decisive_share(advantages, batch.step_index, batch.traj_index, flags, batch.success.tolist(), mask=tokens)
+    return {
+        "share_abs": r.share,
+        "share_tokens": r.token_share,
+        "share_lift": r.lift,
+        "share_pos_excess": r.position_excess,
+        "share_placebo_excess": r.placebo_excess,
+        "share_signed_failed": r.signed_lift_failed,
+        "share_signed_successful": r.signed_lift_successful,
+    }
 
 
 def batch_auc(
@@ -123,9 +175,18 @@ def probed(name: str) -> str:
         out = method.fn(batch, **kwargs)
         flags = _ANNOUNCED["flags"]
         if flags is not None and len(flags) == batch.num_trajectories:
-            metrics = {**out.metrics, **batch_auc(batch, out.advantages, flags)}
+            metrics = {
+                **out.metrics,
+                **batch_auc(batch, out.advantages, flags),
+                **batch_share(batch, out.advantages, flags),
+            }
         else:
-            metrics = {**out.metrics, "auc_adv_failed": math.nan, "auc_adv_successful": math.nan}
+            metrics = {
+                **out.metrics,
+                "auc_adv_failed": math.nan,
+                "auc_adv_successful": math.nan,
+                "share_lift": math.nan,
+            }
         metrics["right_commitment"] = _ANNOUNCED["right_commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
