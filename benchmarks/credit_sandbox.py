@@ -279,8 +279,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
             "",
             "| arm | AULC | final eval success | Δ AULC vs GRPO | 95 % CI | Bonferroni CI | "
             "decisive share (lift over same-position neutral) | placebo | share lift (GRPO = 1) | "
-            "right treatment (train) | s / step |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "right treatment (train) | any treatment (train) | s / step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         ref = {p: aulc(h) for p, h in by_arm.get("grpo", {}).items()}
         for arm, runs in by_arm.items():
@@ -296,13 +296,14 @@ def report(results: dict, args: argparse.Namespace) -> str:
                 dtxt = citxt = cibtxt = "-"
             per_run = {
                 k: np.array([run_mean(runs[p], f"credit/{k}") for p in pairs if p in runs])
-                for k in ("share_pos_excess", "share_placebo_excess", "share_lift", "right_commitment")
+                for k in ("share_pos_excess", "share_placebo_excess", "share_lift", "right_commitment", "commitment")
             }
             tstep = np.array([run_mean(runs[p], "time/step") for p in pairs if p in runs])
             lines.append(
                 f"| {arm} | {fmt(*mean_sd(a))} | {fmt(*mean_sd(final))} | {dtxt} | {citxt} | {cibtxt} | "
                 f"{fmt(*mean_sd(per_run['share_pos_excess']))} | {fmt(*mean_sd(per_run['share_placebo_excess']))} | "
                 f"{fmt(*mean_sd(per_run['share_lift']))} | {fmt(*mean_sd(per_run['right_commitment']))} | "
+                f"{fmt(*mean_sd(per_run['commitment']))} | "
                 f"{fmt(mean_sd(tstep)[0], digits=1)} |"
             )
         lines.append("")

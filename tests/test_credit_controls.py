@@ -162,3 +162,16 @@ def test_negative_controls_set_the_teacher_hindsight_where_unset():
         model="m", env_id="stepgym/Sandbox-One-v0", credit="stepopsd_nohindsight", teacher={"hindsight": ["outcome"]}
     )
     assert c.teacher.hindsight == ("outcome",)
+
+
+def test_commitment_rate_separates_no_commitment_from_a_wrong_one(sandbox_batch):
+    from stepgym.trainers.credit_probe import commitment_rate, right_commitment_rate
+
+    trajs, _, _ = sandbox_batch  # NoisyExpert(alter): every episode commits once, right or wrong
+    assert commitment_rate(trajs) == 1.0
+    right = right_commitment_rate(trajs)
+    assert right == pytest.approx(sum(t.success for t in trajs) / len(trajs))
+    # an episode without a commitment lowers the right rate but is not a wrong commitment
+    no_commit = [t.model_copy(update={"steps": [s.model_copy(update={"info": {}}) for s in t.steps]}) for t in trajs]
+    mixed = trajs + no_commit
+    assert commitment_rate(mixed) == 0.5 and right_commitment_rate(mixed) == pytest.approx(right / 2)

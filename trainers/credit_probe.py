@@ -40,6 +40,7 @@ __all__ = [
     "announce",
     "announced_flags",
     "batch_share",
+    "commitment_rate",
     "batch_auc",
     "hindsight_teacher",
     "probe_rollout",
@@ -48,7 +49,7 @@ __all__ = [
     "sandbox_rollout",
 ]
 
-_ANNOUNCED: dict[str, Any] = {"flags": None, "right_commitment": math.nan}
+_ANNOUNCED: dict[str, Any] = {"flags": None, "right_commitment": math.nan, "commitment": math.nan}
 
 
 def right_commitment_rate(trajectories: Sequence[Trajectory]) -> float:
@@ -67,10 +68,22 @@ def right_commitment_rate(trajectories: Sequence[Trajectory]) -> float:
     return hits / len(trajectories)
 
 
+def commitment_rate(trajectories: Sequence[Trajectory]) -> float:
+    """Share of trajectories that made any commitment (applied a treatment to a goal object); NaN if empty.
+
+    :func:`right_commitment_rate` counts a trajectory without a commitment as not right, so it falls when
+    commitments become rarer even if right and wrong keep their ratio: read the two together (issue 17).
+    """
+    if not trajectories:
+        return math.nan
+    return sum(any(s.info.get("commitment") for s in t.steps) for t in trajectories) / len(trajectories)
+
+
 def announce(trajectories: Sequence[Trajectory] | None) -> None:
     """Tell the probed credit methods the per-step decisive flags of the next batch (``None`` clears)."""
     _ANNOUNCED["flags"] = None if trajectories is None else decisive_flags(trajectories)
     _ANNOUNCED["right_commitment"] = math.nan if trajectories is None else right_commitment_rate(trajectories)
+    _ANNOUNCED["commitment"] = math.nan if trajectories is None else commitment_rate(trajectories)
 
 
 def announced_flags(num_trajectories: int, method: str) -> list[list[bool]]:
@@ -188,6 +201,7 @@ def probed(name: str) -> str:
                 "share_lift": math.nan,
             }
         metrics["right_commitment"] = _ANNOUNCED["right_commitment"]
+        metrics["commitment"] = _ANNOUNCED["commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
     register_credit(
