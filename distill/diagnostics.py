@@ -287,14 +287,17 @@ def decisive_share(
         decisive: Per trajectory, one flag per step (``info["decisive"]``).
         success: Per trajectory, whether it solved its task.
         mask: Optional ``[B, L]`` token mask (e.g. trainable action tokens); 0 drops the token.
-        align: Step position for the baseline: ``"start"`` (``k``) or ``"end"`` (steps before the last).
+        align: Step position for the baseline: ``"start"`` (``k``), ``"end"`` (steps before the last) or
+            ``"start_length"`` (``k`` within trajectories of the same number of steps; stricter, fewer
+            matches). With ``"start"`` a credit that depends on position only leaves a residual when
+            trajectory lengths differ (the lift divides by the trajectory's mean).
         placebo_seed: Seed of the placebo's choice of neutral step.
 
     Returns:
         The :class:`ShareResult`; NaN fields when no trajectory qualifies (e.g. the null variant).
     """
-    if align not in ("start", "end"):
-        raise ValueError(f"align={align!r} is not known; use 'start' or 'end'")
+    if align not in ("start", "end", "start_length"):
+        raise ValueError(f"align={align!r} is not known; use 'start', 'end' or 'start_length'")
     if len(decisive) != len(success):
         raise ValueError(f"decisive has {len(decisive)} trajectories but success has {len(success)}")
     sums_abs, sums, counts = _step_sums(values, step_index, traj_index, mask, len(decisive))  # [T, S]
@@ -315,8 +318,13 @@ def decisive_share(
     present = ~np.isnan(lift)  # [T, S]
     dec, neu = flags & present, ~flags & present  # [T, S]
     use = dec.any(1) & neu.any(1)  # [T]
-    pos = np.arange(S)[None, :] if align == "start" else (n_steps[:, None] - 1 - np.arange(S)[None, :])  # [T|1, S]
-    pos = np.broadcast_to(pos, (T, S))
+    k = np.broadcast_to(np.arange(S)[None, :], (T, S))  # [T, S]
+    if align == "start":
+        pos = k
+    elif align == "end":
+        pos = n_steps[:, None] - 1 - k
+    else:  # the same step of a trajectory of the same length: a credit that is a function of (k, K) cancels
+        pos = k * (int(n_steps.max(initial=0)) + 1) + n_steps[:, None]
 
     def excess(chosen: np.ndarray) -> tuple[float, int]:
         # baseline b_k: mean lift of neutral steps at position k over the *other* trajectories
