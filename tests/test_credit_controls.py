@@ -200,3 +200,15 @@ def test_position_only_credit_residual_on_the_sandbox_batch_is_small(sandbox_bat
     r = decisive_share(ramp, batch.step_index, batch.traj_index, flags, batch.success.tolist(), mask=batch.mask)
     # measured 0.077: the floor below which an excess on `One` cannot be told from a position effect
     assert 0.0 < r.position_excess < 0.1 and abs(r.placebo_excess) < 0.02
+
+
+def test_probed_stepopsd_logs_the_share_before_and_after_the_budget(sandbox_batch):
+    from stepgym.trainers.credit_probe import probed
+
+    trajs, flags, batch = sandbox_batch
+    announce(trajs)
+    tb = replace(batch, logp_teacher=cc.scripted_teacher_logprobs(batch, flags))
+    m = get_credit(probed("stepopsd")).fn(tb, lam0=1.0, alpha_clip=0.9).metrics
+    assert m["share_lift"] == pytest.approx(1.0, abs=1e-4)  # the budget equalises
+    assert m["prebudget_share_lift"] == pytest.approx(1.60, abs=0.01)  # the shaping itself moved credit
+    assert "prebudget_share_lift" not in get_credit(probed("grpo")).fn(batch).metrics

@@ -9,7 +9,8 @@ successful trajectories (within-trajectory pairing). NaN when the batch has no (
 pair (the null variant; or all failures skipped the decisive step). Next to the AUC, ``credit/share_...``
 (:func:`batch_share`): the decisive action tokens' share of the credit, signed, as an effect size against
 GRPO, against the same step position and against a placebo (issue 17: the AUC cannot see StepOPSD's
-within-step reweighting, nor sign, size or position).
+within-step reweighting, nor sign, size or position); for a method with the per-step ``budget`` on,
+also ``credit/prebudget_share_{lift,pos_excess}`` of the same shaping with the budget off.
 
 The decisive flags come from the trajectories: the rollout function announces them with
 :func:`announce` (``decisive_flags(trajs)``) before the trainer calls the credit method;
@@ -26,6 +27,7 @@ are small rollout and teacher functions for calling :func:`stepgym.trainers.grpo
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -183,6 +185,10 @@ def probed(name: str) -> str:
     except KeyError:
         pass
 
+    # a method with a ``budget`` option (StepOPSD's per-step budget, §4.6) is also measured without it
+    param = inspect.signature(method.fn).parameters.get("budget")
+    budget_default = param.default if param is not None and param.kind is param.KEYWORD_ONLY else None
+
     @functools.wraps(method.fn)
     def fn(batch: CreditBatch, **kwargs: Any) -> CreditOutput:
         out = method.fn(batch, **kwargs)
@@ -193,6 +199,10 @@ def probed(name: str) -> str:
                 **batch_auc(batch, out.advantages, flags),
                 **batch_share(batch, out.advantages, flags),
             }
+            if kwargs.get("budget", budget_default) is True:  # StepOPSD: the same shaping without the budget
+                pre = method.fn(batch, **{**kwargs, "budget": False}).advantages
+                share = batch_share(batch, pre, flags)
+                metrics.update({f"prebudget_{k}": share[k] for k in ("share_lift", "share_pos_excess")})
         else:
             metrics = {
                 **out.metrics,
