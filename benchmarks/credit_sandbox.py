@@ -92,7 +92,6 @@ QUICK = {
     "num_tasks": 2,
     "max_turns": 8,
     "sft_epochs": 3,
-    "out": "runs/credit_sandbox_quick",
 }
 """``--quick``: every stage once with tiny settings (a smoke of the machinery, not a result)."""
 
@@ -370,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
+        if args.out == ap.get_default("out"):  # never mix the smoke's runs into the comparison's folder
+            args.out = "runs/credit_sandbox_quick"
     if "grpo" not in args.arms:
         ap.error("--arms must include grpo (the reference of every paired difference)")
     if args.steps % args.eval_every:

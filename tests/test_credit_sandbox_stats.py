@@ -85,3 +85,9 @@ def test_report_pairs_runs_by_warm_start_and_seed():
     assert cells[3] == "0.300"  # every pair differs by exactly 0.3
     assert cells[4] == "[0.300, 0.300]"
     assert cells[6].startswith("3.000 ± 0.100")
+
+
+def test_quick_keeps_its_own_folder_unless_told():
+    assert cs.parse_args(["--quick"]).out == "runs/credit_sandbox_quick"
+    assert cs.parse_args(["--quick", "--out", "elsewhere"]).out == "elsewhere"
+    assert cs.parse_args([]).out == "runs/credit_sandbox"
