@@ -24,7 +24,9 @@ shaping mechanism alone, on the real credit code (``tests/test_credit_controls.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,13 +74,26 @@ def oracle(batch: CreditBatch, *, normalize_std: bool = True, action_only: bool 
     return CreditOutput(adv, metrics=metrics)
 
 
-# The negative controls are StepOPSD with another teacher context (the function is the same object).
-register_credit("stepopsd_nohindsight", needs_teacher=True, config_defaults={"teacher.hindsight": ()})(_stepopsd)
+def _stepopsd_control(name: str) -> Callable[..., CreditOutput]:
+    """StepOPSD itself under another name (same options and defaults); it lives here, not in ``credit``."""
+
+    @functools.wraps(_stepopsd)
+    def fn(batch: CreditBatch, **kwargs: Any) -> CreditOutput:
+        return _stepopsd(batch, **kwargs)
+
+    fn.__module__, fn.__name__, fn.__qualname__ = __name__, name, name
+    return fn
+
+
+# The negative controls are StepOPSD with another teacher context.
+register_credit("stepopsd_nohindsight", needs_teacher=True, config_defaults={"teacher.hindsight": ()})(
+    _stepopsd_control("stepopsd_nohindsight")
+)
 register_credit(
     "stepopsd_shuffled_peer",
     needs_teacher=True,
     config_defaults={"teacher.hindsight": ("outcome", "shuffled_peer")},
-)(_stepopsd)
+)(_stepopsd_control("stepopsd_shuffled_peer"))
 
 
 def scripted_teacher_logprobs(

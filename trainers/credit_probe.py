@@ -214,6 +214,7 @@ def probed(name: str) -> str:
         metrics["commitment"] = _ANNOUNCED["commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
+    fn.__module__ = __name__  # a probed method is this module's wrapper, not a built-in of ``credit``
     register_credit(
         new,
         needs=method.needs,
