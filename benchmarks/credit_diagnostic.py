@@ -6,15 +6,17 @@ decisive step, so groups mix successes and failures and the decisive steps are k
 with the model's chat template exactly as a rollout would be (``collect``, concat layout). The
 student log-probs are the model's own (``compute_logprobs``), the teacher log-probs come from the
 same model under hindsight (``runner.make_teacher``: outcome + peer, inline, step targets) -- the
-inputs the trainer gives a credit method. Every method then computes its advantages on that one
-batch, and the diagnostic reports the AUC with which the per-step mean ``|A|`` (and the teacher gap
+inputs the trainer gives a credit method. Every method (and the ``oracle`` positive control) then
+computes its advantages on that one batch, and the diagnostic reports the decisive-credit share
+(``credit_probe.batch_share``: lift against GRPO, against same-position neutral steps, placebo) and
+the AUC with which the per-step mean ``|A|`` (and the teacher gap
 ``|Delta|`` = ``|logp_teacher - logp_student|`` on target tokens) ranks decisive steps above the
 neutral steps of the same trajectory (``stepgym.distill.diagnostics``), in failed and in successful
 trajectories. 0.5 = no preference (GRPO's constant advantage), 1 = every decisive step first.
 
 Usage::
 
-    python benchmarks/credit_diagnostic.py [--model runs/credit_sandbox/warm_start] [--p 0.5]
+    python benchmarks/credit_diagnostic.py [--model runs/credit_sandbox/warm_start0] [--p 0.5]
         [--num-tasks 4] [--group-size 8] [--methods grpo stepopsd sdar gigpo rlsd]
 
 ``--model`` defaults to the warm start of ``benchmarks/credit_sandbox.py`` when it exists, else a
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 VARIANTS = ("One", "Two", "Delayed", "Null")
-METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd"]
+METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd", "stepgym.trainers.credit_controls:oracle"]
 
 
 def fmt(x: float) -> str:
@@ -47,7 +49,7 @@ def diagnose(model, tok, variant: str, args: argparse.Namespace) -> dict:
     from stepgym.trainers.batch import collate
     from stepgym.trainers.config import TrainConfig
     from stepgym.trainers.credit import get_credit
-    from stepgym.trainers.credit_probe import batch_auc
+    from stepgym.trainers.credit_probe import announce, batch_auc, batch_share
     from stepgym.trainers.runner import make_teacher
     from stepgym.trainers.sft import collect_demonstrations
     from stepgym.trainers.update import compute_logprobs
@@ -83,13 +85,15 @@ def diagnose(model, tok, variant: str, args: argparse.Namespace) -> dict:
         "episodes": len(trajs),
         "decisive_steps": int(sum(sum(f) for f in flags)),
     }
+    announce(trajs)  # the oracle reads the decisive flags
     for method in args.methods:
         m = get_credit(method)
         out = m(teacher_credit if m.needs_teacher else credit)
         res = batch_auc(teacher_credit if m.needs_teacher else credit, out.advantages, flags)
-        row[method] = res
+        row[method] = {**res, **batch_share(credit, out.advantages, flags)}
     delta = batch_auc(teacher_credit, torch.zeros_like(credit.mask), flags)
-    row["delta"] = delta
+    gap = (teacher_credit.logp_teacher - teacher_credit.logp_old) * teacher_credit.targets  # [B, L]
+    row["delta"] = {**delta, **batch_share(credit, gap, flags)}
     return row
 
 
@@ -108,7 +112,7 @@ def main() -> None:
     from stepgym.agents.sandbox_model import sandbox_model_dir
 
     torch.set_num_threads(1)
-    default = Path("runs/credit_sandbox/warm_start")
+    default = Path("runs/credit_sandbox/warm_start0")
     model_dir = args.model or (str(default) if (default / "config.json").is_file() else str(sandbox_model_dir(0)))
     model, tok = load_model(model_dir)
     model.eval()
@@ -117,8 +121,9 @@ def main() -> None:
         f"model `{model_dir}`; NoisyExpert(p={args.p}, alter), {args.num_tasks} tasks per subset x "
         f"{args.group_size} episodes, seed {args.seed}",
         "",
-        "| variant | success | decisive steps | method | AUC \\|A\\| failed | AUC \\|A\\| successful |",
-        "|---|---|---|---|---|---|",
+        "| variant | success | decisive steps | method | AUC \\|A\\| failed | AUC \\|A\\| successful | "
+        "share lift (GRPO = 1) | lift over same-position neutral | placebo | signed lift failed / successful |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in args.variants:
         row = diagnose(model, tok, variant, args)
@@ -127,7 +132,12 @@ def main() -> None:
             key = "delta" if method == "delta" else "adv"
             name = "\\|Δ\\| (teacher gap)" if method == "delta" else method
             head = f"{variant} | {row['success']:.2f} | {row['decisive_steps']}" if i == 0 else " | | "
-            lines.append(f"| {head} | {name} | {fmt(r[f'auc_{key}_failed'])} | {fmt(r[f'auc_{key}_successful'])} |")
+            lines.append(
+                f"| {head} | {name.split(':')[-1]} | "
+                f"{fmt(r[f'auc_{key}_failed'])} | {fmt(r[f'auc_{key}_successful'])} | "
+                f"{fmt(r['share_lift'])} | {fmt(r['share_pos_excess'])} | {fmt(r['share_placebo_excess'])} | "
+                f"{fmt(r['share_signed_failed'])} / {fmt(r['share_signed_successful'])} |"
+            )
     lines.append("")
     lines.append(f"wall {time.perf_counter() - t0:.0f} s")
     text = "\n".join(lines)

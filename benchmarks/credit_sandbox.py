@@ -1,27 +1,28 @@
-"""Credit sandbox learning comparison (issue 9, issue 22): grpo vs the step-level methods on a tiny model, on CPU.
+"""Credit sandbox learning comparison (issues 9, 17): does step-level credit learn faster than GRPO?
 
 Usage:
-    python benchmarks/credit_sandbox.py [--steps 20] [--seeds 0 1 2] [--variants One Null]
-        [--methods grpo stepopsd sdar gigpo rlsd craft sgcd paw atod triage ucob] [--jobs 2]
-        [--out runs/credit_sandbox]
+    python benchmarks/credit_sandbox.py                 # the full comparison (ARMS x seeds x warm starts)
+    python benchmarks/credit_sandbox.py --quick         # tiny end-to-end check (a few minutes)
+    python benchmarks/credit_sandbox.py --arms grpo oracle stepopsd --seeds 0 1 --warm-starts 2
 
-The arms are :data:`METHODS`: the published-code methods and the related 2026 methods of
-ALGORITHMS.md §10 ([recon], at their default options; ``triage`` with the oracle judge of the
-sandbox's commitments, ``atod`` and ``ucob`` with the hindsight self-teacher).
+1. Warm starts (cached in ``<out>/warm_start<w>``): a random-init ~0.85M-parameter Qwen3 (init seed
+   ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=0.5,
+   alter) demonstrations of the ``One`` worlds (demo seeds depend on ``w``): the demos navigate
+   perfectly and apply the wrong treatment half the time, so RL starts from mixed success whose only
+   remedy is the decisive step.
+2. RL (``run_training``), every arm of :data:`ARMS` under the same budget, for every (seed, warm
+   start) pair; each credit method is wrapped by ``credit_probe.probed`` so the decisive-credit
+   share and AUC of its advantages are logged on every training batch. Every ``--eval-every`` RL
+   steps the policy is evaluated **greedily on held-out tasks** (the env's ``test`` split).
+3. Report: the **area under the learning curve** (AULC: mean held-out greedy success over the
+   evaluation points) per arm, mean +- SD (ddof=1) over the runs, and the **paired** difference to
+   GRPO with a **bootstrap CI** over (seed, warm start) pairs (95 %, and Bonferroni-corrected for
+   the number of comparisons); the decisive-credit share (``share_pos_excess``: lift over neutral
+   steps at the same position; the placebo must sit at 0) and the right-treatment rate.
 
-1. Warm start (once, cached in ``<out>/warm_start``): a random-init ~0.85M-parameter Qwen3 with the
-   sandbox word-level tokenizer (``stepgym.agents.sandbox_model``), trained by cross-entropy
-   (``stepgym.trainers.sft``, cosine lr) on NoisyExpert(p=0.5, alter) demonstrations of the ``One``
-   worlds: the demos navigate perfectly and apply the wrong treatment half the time, so RL starts
-   from mixed success whose only remedy is the decisive step (choosing the treatment the task names).
-2. RL: ``stepgym.trainers.runner.run_training`` with every method under the same budget (steps, tasks per
-   step, group size, lr, seeds), each method wrapped by ``stepgym.trainers.credit_probe.probed``
-   (and ``wrap_rollout=probe_rollout``) so the credit-causality AUC of its per-step credit (and the
-   rate of right treatments) is measured on every training batch. Runs go ``--jobs`` at a time in
-   spawned processes. The teacher methods' hindsight is placed as a prefix (``--teacher-placement``).
-3. Report: success vs RL step (mean +- std over seeds), steps to reach GRPO's final success, the
-   AUC early / late in training, and the null-variant check; a markdown table and PNG plots in
-   ``<out>``. Runs already finished (``history.json``) are reused.
+The loss aggregation is fixed before any run (:data:`AGGREGATION`) and printed; ``<out>/meta.json``
+records every setting, and a resumed run with different settings stops (finished runs are reused
+from their ``history.json``). To add an arm, add one line to :data:`ARMS`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,66 @@ import multiprocessing
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 VARIANT_ENV = {v: f"stepgym/Sandbox-{v}-v0" for v in ("One", "Two", "Delayed", "Null")}
-METHODS = ["grpo", "stepopsd", "sdar", "gigpo", "rlsd", "craft", "sgcd", "paw", "atod", "triage", "ucob"]
+
+AGGREGATION = "seq-mean-token-mean"
+"""Fixed before the runs (issue 17): every trajectory weighs the same in the policy loss. (Issue 9 chose it
+after GRPO failed to learn with token-mean, where long failed episodes outweigh the successful ones.)"""
+
+CONTROLS = "stepgym.trainers.credit_controls"
+STRONG = {"budget": False, "lam0": 1.0, "alpha_clip": 0.8}
+"""StepOPSD at its most step-sensitive setting of the grid; the negative controls use it too."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: a credit method (a registry name) and its options."""
+
+    credit: str
+    kwargs: dict = field(default_factory=dict)
+    note: str = ""
+
+
+ARMS: dict[str, Arm] = {
+    "grpo": Arm("grpo", note="baseline: trajectory-constant advantage"),
+    "oracle": Arm(f"{CONTROLS}:oracle", note="positive control: the advantage on the decisive action only"),
+    "gigpo": Arm("gigpo"),
+    "rlsd": Arm("rlsd"),
+    "stepopsd": Arm("stepopsd", note="default: budget on, lam0 0.2, alpha_clip 0.2"),
+    "stepopsd_nobudget": Arm("stepopsd", {"budget": False}),
+    "stepopsd_lam1": Arm("stepopsd", {"budget": False, "lam0": 1.0}),
+    "stepopsd_clip08": Arm("stepopsd", {"budget": False, "alpha_clip": 0.8}),
+    "stepopsd_lam1_clip08": Arm("stepopsd", dict(STRONG)),
+    "stepopsd_nohindsight": Arm(f"{CONTROLS}:stepopsd_nohindsight", dict(STRONG), "negative control: staleness only"),
+    "stepopsd_shuffled_peer": Arm(f"{CONTROLS}:stepopsd_shuffled_peer", dict(STRONG), "negative control"),
+    # issue 9's sdar and the related 2026 methods of ALGORITHMS.md §10 (issue 22; [recon], default options;
+    # ``triage`` with the oracle judge of the sandbox's commitments, ``atod``/``ucob`` with the hindsight teacher)
+    **{m: Arm(m) for m in ("sdar", "craft", "sgcd", "paw", "atod", "triage", "ucob")},
+}
+"""The arms (name -> method and options): issue 17's list, then issue 22's methods. GRPO is the reference of every
+paired difference; ``--arms`` picks a subset (the default runs all)."""
+
+QUICK = {
+    "steps": 2,
+    "eval_every": 1,
+    "eval_tasks": 2,
+    "seeds": [0, 1],
+    "warm_starts": 1,
+    "arms": ["grpo", "oracle", "stepopsd"],
+    "variants": ["One"],
+    "group_size": 4,
+    "tasks_per_step": 2,
+    "num_tasks": 2,
+    "max_turns": 8,
+    "sft_epochs": 3,
+}
+"""``--quick``: every stage once with tiny settings (a smoke of the machinery, not a result)."""
 
 
 def tasks_of(num_tasks: int) -> list[str]:
@@ -49,46 +102,48 @@ def tasks_of(num_tasks: int) -> list[str]:
     return [f"{s}-train-{k}" for s in SUBSETS for k in range(num_tasks)]
 
 
-def warm_start(out: Path, args: argparse.Namespace) -> Path:
-    """Build + SFT the warm-start model once; returns its folder."""
+def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
+    """Build + SFT warm start ``w`` once (init seed ``w``, demo seeds ``10000 w + k``); returns its folder."""
     from stepgym.agents.models import load_model
     from stepgym.agents.sandbox_agents import NoisyExpert
     from stepgym.agents.sandbox_model import build_sandbox_model
     from stepgym.trainers.sft import collect_demonstrations, sft_train
 
-    folder = out / "warm_start"
+    folder = out / f"warm_start{w}"
     if (folder / "config.json").is_file():
         return folder
-    init = build_sandbox_model(out / "init", seed=0)
+    init = build_sandbox_model(out / f"init{w}", seed=w)
     model, tok = load_model(str(init))
     kw = {"num_tasks": args.num_tasks, "max_steps": args.max_turns}
     demos = collect_demonstrations(
         "stepgym/Sandbox-One-v0",
-        lambda k: NoisyExpert(args.demo_p, "alter", seed=k),
+        lambda k: NoisyExpert(args.demo_p, "alter", seed=10000 * w + k),
         tok,
         tasks_of(args.num_tasks),
         env_kwargs=kw,
         group_size=8,
         layout="concat",
         max_turns=args.max_turns,
+        seed=10000 * w,
     )
     t0 = time.perf_counter()
-    torch.manual_seed(0)
+    torch.manual_seed(w)
     losses = sft_train(
         model,
         demos,
         epochs=args.sft_epochs,
         lr=3e-3,
         batch_size=8,
-        seed=0,
+        seed=w,
         pad_token_id=tok.pad_token_id,
         schedule="cosine",
     )
     print(
-        f"warm start: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
+        f"warm start {w}: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
         f"{len(losses)} SFT steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {time.perf_counter() - t0:.0f} s"
     )
-    tmp = out / "warm_start.tmp"
+    tmp = out / f"warm_start{w}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(folder)
@@ -96,18 +151,19 @@ def warm_start(out: Path, args: argparse.Namespace) -> Path:
     return folder
 
 
-def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argparse.Namespace, out: Path) -> list[dict]:
+def run_one(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
     """One RL run through ``run_training``; returns its per-step metrics (cached in history.json)."""
     from stepgym.trainers.config import TrainConfig
     from stepgym.trainers.credit_probe import probe_rollout, probed
     from stepgym.trainers.runner import run_training
 
-    run_dir = out / variant / method / f"seed{seed}"
+    run_dir = out / variant / f"w{w}" / arm / f"seed{seed}"
     cached = run_dir / "history.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    spec = ARMS[arm]
     config = TrainConfig(
         model=str(model_dir),
         device="cpu",
@@ -119,12 +175,11 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         layout="concat",
         max_turns=args.max_turns,
         sampling={"max_new_tokens": 24, "temperature": 1.0, "stop": ["</action>"]},
-        credit=probed(method),
+        credit=probed(spec.credit),
+        credit_kwargs=dict(spec.kwargs),
         optim={"lr": args.lr},
         mini_batches=args.mini_batches,
-        # each trajectory weighs the same: with token-mean, long failed episodes (invalid steps) outweigh
-        # the successful ones and GRPO did not learn here (measured: 0.54 -> 0.44 in 16 steps)
-        loss={"aggregation": args.aggregation},
+        loss={"aggregation": AGGREGATION},
         # generation log-probs are the trained model's own (fp32, same forward): no second pass needed
         recompute_old_logprobs=False,
         micro_batch_size=16,
@@ -133,9 +188,15 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
         seed=seed,
         output_dir=str(run_dir),
         pad_token_id=0,
-        eval={"every": 0},
+        # greedy, on held-out worlds (the test split draws its worlds from disjoint seeds)
+        eval={
+            "every": args.eval_every,
+            "tasks_per_subset": args.eval_tasks,
+            "temperature": 0.0,
+            "env_kwargs": {"split": "test", "num_tasks": max(args.eval_tasks, args.num_tasks)},
+        },
         # hindsight once before the row's first generated token: the inline placement (before every
-        # step) cost 40-45 s per RL step here against ~9 s for GRPO (measured on the first runs)
+        # step) cost 40-45 s per RL step here against ~9 s for GRPO (measured in issue 9)
         teacher={"snapshot_interval": 5, "placement": args.teacher_placement},
     )
     hist = run_training(config, wrap_rollout=probe_rollout).history
@@ -144,162 +205,213 @@ def run_one(model_dir: Path, variant: str, method: str, seed: int, args: argpars
     return hist
 
 
-def _run_timed(model_dir: Path, variant: str, method: str, seed: int, args: argparse.Namespace, out: Path):
+def _run_timed(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
     torch.set_num_threads(1)
     t = time.perf_counter()
-    return run_one(model_dir, variant, method, seed, args, out), time.perf_counter() - t
+    return run_one(model_dir, variant, arm, seed, w, args, out), time.perf_counter() - t
 
 
-# ---------------------------------------------------------------------------------------------- report
-def series(hists: list[list[dict]], key: str) -> np.ndarray:
-    """[seeds, steps] of ``key`` (NaN where missing)."""
-    return np.array([[float(h.get(key, math.nan)) for h in hist] for hist in hists], dtype=float)
+# ---------------------------------------------------------------------------------------------- statistics
+def curve(hist: list[dict], key: str = "eval/avg/success") -> np.ndarray:
+    """The values of ``key`` at the steps that logged it (the evaluation points)."""
+    return np.array([float(h[key]) for h in hist if key in h], dtype=float)
 
 
-def smooth(x: np.ndarray, w: int = 3) -> np.ndarray:
-    """Trailing moving average over the last ``w`` steps (fewer at the start)."""
-    return np.array([np.nanmean(x[..., max(0, i - w + 1) : i + 1], axis=-1) for i in range(x.shape[-1])]).T
+def aulc(hist: list[dict]) -> float:
+    """Area under the held-out learning curve, normalised: the mean success over the equally spaced eval points."""
+    c = curve(hist)
+    return float(c.mean()) if c.size else math.nan
 
 
-def fmt(m: float, s: float) -> str:
-    return "n/a" if math.isnan(m) else f"{m:.2f} ± {s:.2f}"
+def mean_sd(x: np.ndarray) -> tuple[float, float]:
+    """Mean and SD with ddof=1 over the finite values (SD NaN below two values)."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
-def nanmean_std(x: np.ndarray) -> tuple[float, float]:
-    x = x[~np.isnan(x)]
-    return (float(x.mean()), float(x.std())) if x.size else (math.nan, math.nan)
+def paired_bootstrap(
+    diff: np.ndarray, *, level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences (resampling the pairs; Efron & Tibshirani 1993).
+
+    NaN below two pairs (one pair has no spread to resample).
+    """
+    d = np.asarray(diff, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(1)  # [n_boot]
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
 
 
-def report(results: dict, args: argparse.Namespace, out: Path) -> str:
-    import matplotlib
+def run_mean(hist: list[dict], key: str) -> float:
+    """Mean of a training metric over the steps that have a finite value (NaN if none)."""
+    x = np.array([float(h.get(key, math.nan)) for h in hist], dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def fmt(m: float, s: float = math.nan, digits: int = 3) -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def report(results: dict, args: argparse.Namespace) -> str:
+    """Markdown tables: AULC with paired bootstrap CIs against GRPO, the decisive-credit share, rates."""
     lines = []
-    k = max(1, args.steps // 3)
-    for variant, by_method in results.items():
+    for variant, by_arm in results.items():
+        pairs = sorted({p for runs in by_arm.values() for p in runs})  # (w, seed)
+        m = max(1, len(by_arm) - 1)  # comparisons against GRPO
+        level_b = 1 - 0.05 / m
         lines += [
             f"### {variant}",
             "",
-            "| method | success, first step | success, last 3 steps | steps to GRPO's final | "
-            "AUC \\|A\\| failed (first / last third) | AUC \\|A\\| successful (first / last third) | "
-            "AUC \\|Δ\\| failed (last third) | AUC \\|Δ\\| successful (last third) | "
-            "right treatment, first / last 3 steps | s / step |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"n = {len(pairs)} (warm start, seed) pairs; AULC = mean greedy held-out success over the eval points; "
+            f"SD with ddof=1; Δ = paired difference to GRPO, percentile bootstrap over pairs (95 % and "
+            f"Bonferroni {100 * level_b:.1f} % for {m} comparisons).",
+            "",
+            "| arm | AULC | final eval success | Δ AULC vs GRPO | 95 % CI | Bonferroni CI | "
+            "decisive share (lift over same-position neutral) | placebo | share lift (GRPO = 1) | "
+            "right treatment (train) | any treatment (train) | s / step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        grpo_final = (
-            float(np.mean(series(by_method["grpo"], "rollout/success")[:, -3:])) if "grpo" in by_method else math.nan
-        )
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for method, hists in by_method.items():
-            succ = series(hists, "rollout/success")  # [S, N]
-            sm = smooth(succ)  # [S, N]
-            mean_curve = sm.mean(0)
-            reach = np.flatnonzero(mean_curve >= grpo_final - 1e-9)
-            reach_s = f"{int(reach[0]) + 1}" if reach.size else f"> {args.steps}"
-            first = fmt(float(succ[:, 0].mean()), float(succ[:, 0].std()))
-            last = succ[:, -3:].mean(1)
-            auc = {}
-            for key in ("auc_adv_failed", "auc_adv_successful", "auc_delta_failed", "auc_delta_successful"):
-                x = series(hists, f"credit/{key}")
-                auc[key] = (nanmean_std(x[:, :k]), nanmean_std(x[:, -k:]))
-            tstep = float(np.mean(series(hists, "time/step")))
-            rc = series(hists, "credit/right_commitment")  # [S, N]
-            rc_first, rc_last = nanmean_std(rc[:, :1]), nanmean_std(rc[:, -3:].mean(1))
+        ref = {p: aulc(h) for p, h in by_arm.get("grpo", {}).items()}
+        for arm, runs in by_arm.items():
+            a = np.array([aulc(runs[p]) for p in pairs if p in runs])
+            final = np.array([curve(runs[p])[-1] if curve(runs[p]).size else math.nan for p in pairs if p in runs])
+            if arm != "grpo" and ref:
+                d = np.array([aulc(runs[p]) - ref[p] for p in pairs if p in runs and p in ref])
+                dm = mean_sd(d)[0]
+                ci = paired_bootstrap(d)
+                cib = paired_bootstrap(d, level=level_b)
+                dtxt, citxt, cibtxt = fmt(dm), f"[{fmt(ci[0])}, {fmt(ci[1])}]", f"[{fmt(cib[0])}, {fmt(cib[1])}]"
+            else:
+                dtxt = citxt = cibtxt = "-"
+            per_run = {
+                k: np.array([run_mean(runs[p], f"credit/{k}") for p in pairs if p in runs])
+                for k in ("share_pos_excess", "share_placebo_excess", "share_lift", "right_commitment", "commitment")
+            }
+            tstep = np.array([run_mean(runs[p], "time/step") for p in pairs if p in runs])
             lines.append(
-                f"| {method} | {first} | {fmt(float(last.mean()), float(last.std()))} | {reach_s} | "
-                f"{fmt(*auc['auc_adv_failed'][0])} / {fmt(*auc['auc_adv_failed'][1])} | "
-                f"{fmt(*auc['auc_adv_successful'][0])} / {fmt(*auc['auc_adv_successful'][1])} | "
-                f"{fmt(*auc['auc_delta_failed'][1])} | {fmt(*auc['auc_delta_successful'][1])} | "
-                f"{fmt(*rc_first)} / {fmt(*rc_last)} | {tstep:.1f} |"
+                f"| {arm} | {fmt(*mean_sd(a))} | {fmt(*mean_sd(final))} | {dtxt} | {citxt} | {cibtxt} | "
+                f"{fmt(*mean_sd(per_run['share_pos_excess']))} | {fmt(*mean_sd(per_run['share_placebo_excess']))} | "
+                f"{fmt(*mean_sd(per_run['share_lift']))} | {fmt(*mean_sd(per_run['right_commitment']))} | "
+                f"{fmt(*mean_sd(per_run['commitment']))} | "
+                f"{fmt(mean_sd(tstep)[0], digits=1)} |"
             )
-            x = np.arange(1, succ.shape[1] + 1)
-            axes[0].plot(x, sm.mean(0), label=method)
-            axes[0].fill_between(x, sm.mean(0) - sm.std(0), sm.mean(0) + sm.std(0), alpha=0.15)
-            a = series(hists, "credit/auc_adv_failed")
-            with np.errstate(all="ignore"):
-                axes[1].plot(x, np.nanmean(smooth(a), axis=0), label=method)
-        axes[0].set(title=f"{variant}: rollout success (3-step mean, ± std over seeds)", xlabel="RL step")
-        axes[1].set(title=f"{variant}: causality AUC of |A|, failed trajectories", xlabel="RL step", ylim=(0, 1))
-        axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(out / f"{variant.lower()}.png", dpi=90)
-        plt.close(fig)
-        if variant == "Null" and "grpo" in by_method:
-            g = series(by_method["grpo"], "rollout/success")[:, -3:].mean(1)
-            gr = series(by_method["grpo"], "credit/right_commitment")[:, -3:].mean(1)
-            lines += [
-                "",
-                "Null check, last 3 steps minus GRPO's (noise = 2 x the standard error of the difference over seeds).",
-                "Success is a coin drawn from the env's seeded generator at reset, so the same seeds give every",
-                "method the same outcomes; the right-treatment rate shows whether a method moves the (nominally)",
-                "decisive behaviour although the outcome carries no signal:",
-                "",
-            ]
-            for method, hists in by_method.items():
-                if method == "grpo":
-                    continue
-                parts = []
-                for key, ref in (("rollout/success", g), ("credit/right_commitment", gr)):
-                    m = series(hists, key)[:, -3:].mean(1)
-                    diff = float(m.mean() - ref.mean())
-                    se = math.sqrt(m.var(ddof=1) / len(m) + ref.var(ddof=1) / len(ref)) if len(m) > 1 else math.nan
-                    verdict = "beyond noise" if abs(diff) > 2 * se else "within noise"
-                    parts.append(f"{key.split('/')[1]} {diff:+.3f} (2·SE {2 * se:.3f}, {verdict})")
-                lines.append(f"- {method}: " + "; ".join(parts))
         lines.append("")
     return "\n".join(lines)
 
 
-def main() -> None:
+# ---------------------------------------------------------------------------------------------- main
+SETTINGS = (
+    "steps",
+    "eval_every",
+    "eval_tasks",
+    "group_size",
+    "tasks_per_step",
+    "num_tasks",
+    "max_turns",
+    "lr",
+    "mini_batches",
+    "invalid_penalty",
+    "sft_epochs",
+    "teacher_placement",
+    "demo_p",
+)
+"""Settings every run of one ``--out`` folder must share (checked against ``meta.json`` on resume)."""
+
+
+def check_meta(out: Path, args: argparse.Namespace) -> None:
+    """Write ``meta.json`` on the first call; stop when a resume would mix settings."""
+    meta = {"aggregation": AGGREGATION, **{k: getattr(args, k) for k in SETTINGS}}
+    path = out / "meta.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if diff:
+            raise SystemExit(
+                f"{out} holds runs with other settings {diff} (old, new); use another --out or the same settings"
+            )
+    else:
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny end-to-end run of every stage (overrides the sizes)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["One", "Null"], choices=list(VARIANT_ENV))
-    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--eval-every", type=int, default=5, help="RL steps between greedy held-out evaluations")
+    ap.add_argument("--eval-tasks", type=int, default=16, help="held-out tasks per subset (3 subsets), greedy")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    ap.add_argument("--warm-starts", type=int, default=2, help="independent warm starts (init + demo seeds)")
+    ap.add_argument("--variants", nargs="+", default=["One"], choices=list(VARIANT_ENV))
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--tasks-per-step", type=int, default=6)
-    ap.add_argument("--num-tasks", type=int, default=4, help="tasks per subset (3 subsets)")
+    ap.add_argument("--num-tasks", type=int, default=4, help="training tasks per subset (3 subsets)")
     ap.add_argument("--max-turns", type=int, default=12)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per RL step")
     ap.add_argument("--invalid-penalty", type=float, default=0.1, help="the env's penalty per invalid step")
-    ap.add_argument("--aggregation", default="seq-mean-token-mean", help="policy-loss aggregation (LossConfig)")
     ap.add_argument("--sft-epochs", type=int, default=60)
     ap.add_argument("--teacher-placement", default="prefix", choices=["prefix", "inline"])
     ap.add_argument("--demo-p", type=float, default=0.5)
     ap.add_argument("--jobs", type=int, default=2, help="RL runs at once (one torch thread each)")
     ap.add_argument("--out", default="runs/credit_sandbox")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+        if args.out == ap.get_default("out"):  # never mix the smoke's runs into the comparison's folder
+            args.out = "runs/credit_sandbox_quick"
+    if "grpo" not in args.arms:
+        ap.error("--arms must include grpo (the reference of every paired difference)")
+    if args.steps % args.eval_every:
+        ap.error(
+            f"--steps {args.steps} must be a multiple of --eval-every {args.eval_every} (so the last step is evaluated)"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_meta(out, args)
+    print(f"loss aggregation (fixed before the runs): {AGGREGATION}")
     t0 = time.perf_counter()
-    model_dir = warm_start(out, args)
-    runs = [(v, m, s) for v in args.variants for m in args.methods for s in args.seeds]
-    results: dict[str, dict[str, list]] = {v: {m: [] for m in args.methods} for v in args.variants}
+    model_dirs = {w: warm_start(out, args, w) for w in range(args.warm_starts)}
+    runs = [(v, a, s, w) for v in args.variants for w in model_dirs for a in args.arms for s in args.seeds]
     # independent runs, ``--jobs`` at a time (one torch thread each): spawned so no torch state is forked
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
-        futs = {ex.submit(_run_timed, model_dir, v, m, s, args, out): (v, m, s) for v, m, s in runs}
-        bar = tqdm(total=len(runs), desc="RL runs", unit="run")
-        for fut in as_completed(futs):
-            v, m, s = futs[fut]
+        futs = {ex.submit(_run_timed, model_dirs[w], v, a, s, w, args, out): (v, a, s, w) for v, a, s, w in runs}
+        for i, fut in enumerate(as_completed(futs), 1):
+            v, a, s, w = futs[fut]
             hist, wall = fut.result()
-            bar.update()
-            succ = [round(h["rollout/success"], 2) for h in hist]
-            bar.write(f"{v} {m} seed {s}: {wall:.0f} s, success {succ}")
-        bar.close()
-    for v, m, s in runs:  # in a fixed order, from the cached histories
-        results[v][m].append(_run_timed(model_dir, v, m, s, args, out)[0])
-    table = report(results, args, out)
+            held_out = curve(hist).round(2).tolist()
+            print(f"[{i}/{len(runs)}] {v} {a} warm start {w} seed {s}: {wall:.0f} s, held-out success {held_out}")
+    results: dict = {v: {a: {} for a in args.arms} for v in args.variants}
+    for v, a, s, w in runs:  # from the cached histories
+        results[v][a][(w, s)] = run_one(model_dirs[w], v, a, s, w, args, out)
     header = (
-        f"steps={args.steps}, seeds={args.seeds}, group_size={args.group_size}, tasks_per_step="
-        f"{args.tasks_per_step}, num_tasks={args.num_tasks}x3, lr={args.lr}, wall {time.perf_counter() - t0:.0f} s\n\n"
+        f"aggregation={AGGREGATION} (fixed up front), steps={args.steps}, eval every {args.eval_every} "
+        f"(greedy, {args.eval_tasks} held-out tasks per subset), seeds={args.seeds}, warm starts={args.warm_starts}, "
+        f"group_size={args.group_size}, tasks_per_step={args.tasks_per_step}, num_tasks={args.num_tasks}x3, "
+        f"lr={args.lr}, invalid_penalty={args.invalid_penalty}, wall {time.perf_counter() - t0:.0f} s"
+        f"{' (QUICK: a smoke of the machinery, not a result)' if args.quick else ''}\n\n"
     )
-    (out / f"table_{'_'.join(args.variants)}.md").write_text(header + table)
-    print(header + table)
+    text = header + report(results, args)
+    (out / f"table_{'_'.join(args.variants)}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ __all__ = [
     "peer_hindsight",
     "render_hindsight",
     "render_trajectory",
+    "shuffled_peer_hindsight",
 ]
 
 DEFAULT_TEMPLATE = "<hindsight>\n{text}\n</hindsight>\n"
@@ -66,6 +67,25 @@ def peer_hindsight(
         return None
     for other in group:
         if other.group_id == traj.group_id and other.success and other is not traj:
+            body = render_trajectory(other, include_observations=include_observations)
+            return f"peer_correct_trajectory:\n{body}"
+    return None
+
+
+def shuffled_peer_hindsight(
+    traj: Trajectory, group: Sequence[Trajectory] = (), *, include_observations: bool = True
+) -> str | None:
+    """A negative control for :func:`peer_hindsight`: a successful trajectory of *another* task group.
+
+    Same header, form and length distribution as the real peer, but it shows how a different task was
+    solved, so it carries no information about this trajectory's decisive step (issue 17). For a failed
+    trajectory: the first successful member of ``group`` with another ``group_id`` (``None`` when there
+    is none, or for a successful trajectory, exactly where the real peer is ``None`` too).
+    """
+    if traj.success:
+        return None
+    for other in group:
+        if other.group_id != traj.group_id and other.success:
             body = render_trajectory(other, include_observations=include_observations)
             return f"peer_correct_trajectory:\n{body}"
     return None
@@ -165,6 +185,7 @@ def llm_contrast_hindsight_batch(
 HINDSIGHT_BUILDERS: dict[str, Callable[..., str | None]] = {
     "outcome": outcome_hindsight,
     "peer": peer_hindsight,
+    "shuffled_peer": shuffled_peer_hindsight,
     "gold": gold_answer_hindsight,
     "expert_plan": expert_plan_hindsight,
     "contrast": contrast_hindsight,

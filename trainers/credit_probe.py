@@ -6,7 +6,11 @@ batch it was given (``stepgym.distill.diagnostics``): the AUC with which the per
 -- and, for teacher methods, the per-step mean ``|Delta|`` (``Delta = logp_teacher - logp_old`` on
 the target tokens) -- ranks the env's decisive steps above neutral ones, over the failed and the
 successful trajectories (within-trajectory pairing). NaN when the batch has no (decisive, neutral)
-pair (the null variant; or all failures skipped the decisive step).
+pair (the null variant; or all failures skipped the decisive step). Next to the AUC, ``credit/share_...``
+(:func:`batch_share`): the decisive action tokens' share of the credit, signed, as an effect size against
+GRPO, against the same step position and against a placebo (issue 17: the AUC cannot see StepOPSD's
+within-step reweighting, nor sign, size or position); for a method with the per-step ``budget`` on,
+also ``credit/prebudget_share_{lift,pos_excess}`` of the same shaping with the budget off.
 
 The decisive flags come from the trajectories: the rollout function announces them with
 :func:`announce` (``decisive_flags(trajs)``) before the trainer calls the credit method;
@@ -23,18 +27,22 @@ are small rollout and teacher functions for calling :func:`stepgym.trainers.grpo
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from stepgym.distill.diagnostics import credit_causality_auc, decisive_flags, per_step_credit
+from stepgym.distill.diagnostics import credit_causality_auc, decisive_flags, decisive_share, per_step_credit
 from stepgym.envs.records import Trajectory
 from stepgym.trainers.credit import CreditBatch, CreditOutput, get_credit, register_credit
 
 __all__ = [
     "announce",
+    "announced_flags",
+    "batch_share",
+    "commitment_rate",
     "batch_auc",
     "hindsight_teacher",
     "probe_rollout",
@@ -43,7 +51,7 @@ __all__ = [
     "sandbox_rollout",
 ]
 
-_ANNOUNCED: dict[str, Any] = {"flags": None, "right_commitment": math.nan}
+_ANNOUNCED: dict[str, Any] = {"flags": None, "right_commitment": math.nan, "commitment": math.nan}
 
 
 def right_commitment_rate(trajectories: Sequence[Trajectory]) -> float:
@@ -62,10 +70,69 @@ def right_commitment_rate(trajectories: Sequence[Trajectory]) -> float:
     return hits / len(trajectories)
 
 
+def commitment_rate(trajectories: Sequence[Trajectory]) -> float:
+    """Share of trajectories that made any commitment (applied a treatment to a goal object); NaN if empty.
+
+    :func:`right_commitment_rate` counts a trajectory without a commitment as not right, so it falls when
+    commitments become rarer even if right and wrong keep their ratio: read the two together (issue 17).
+    """
+    if not trajectories:
+        return math.nan
+    return sum(any(s.info.get("commitment") for s in t.steps) for t in trajectories) / len(trajectories)
+
+
 def announce(trajectories: Sequence[Trajectory] | None) -> None:
     """Tell the probed credit methods the per-step decisive flags of the next batch (``None`` clears)."""
     _ANNOUNCED["flags"] = None if trajectories is None else decisive_flags(trajectories)
     _ANNOUNCED["right_commitment"] = math.nan if trajectories is None else right_commitment_rate(trajectories)
+    _ANNOUNCED["commitment"] = math.nan if trajectories is None else commitment_rate(trajectories)
+
+
+def announced_flags(num_trajectories: int, method: str) -> list[list[bool]]:
+    """The decisive flags announced for this batch; fails when there are none or they are for another batch.
+
+    Raises:
+        RuntimeError: Nothing announced, or a different number of trajectories than the batch holds.
+    """
+    flags = _ANNOUNCED["flags"]
+    how = (
+        "run it through run_training(config, wrap_rollout=stepgym.trainers.credit_probe.probe_rollout) "
+        "or call stepgym.trainers.credit_probe.announce(trajectories) before the credit method"
+    )
+    if flags is None:
+        raise RuntimeError(
+            f"credit method {method!r} needs the env's decisive flags of this batch, none were announced; {how}"
+        )
+    if len(flags) != num_trajectories:
+        raise RuntimeError(
+            f"credit method {method!r}: the announced decisive flags are for {len(flags)} trajectories but the "
+            f"batch has {num_trajectories}; {how}"
+        )
+    return flags
+
+
+def batch_share(
+    batch: CreditBatch,
+    advantages: torch.Tensor,  # [B, L]
+    flags: Sequence[Sequence[bool]],
+) -> dict[str, float]:
+    """``share_*``: :func:`~stepgym.distill.diagnostics.decisive_share` of the advantages on the action tokens.
+
+    Keys: ``share_abs`` (decisive action tokens' share of ``sum |A|``), ``share_tokens`` (their share of the
+    tokens, GRPO's ``share_abs``), ``share_lift`` (1 = GRPO), ``share_pos_excess`` (lift over the neutral
+    steps at the same position), ``share_placebo_excess`` (chance: 0), ``share_signed_{failed,successful}``.
+    """
+    tokens = batch.mask * batch.action_mask if bool((batch.action_mask * batch.mask).any()) else batch.mask
+    r = decisive_share(advantages, batch.step_index, batch.traj_index, flags, batch.success.tolist(), mask=tokens)
+    return {
+        "share_abs": r.share,
+        "share_tokens": r.token_share,
+        "share_lift": r.lift,
+        "share_pos_excess": r.position_excess,
+        "share_placebo_excess": r.placebo_excess,
+        "share_signed_failed": r.signed_lift_failed,
+        "share_signed_successful": r.signed_lift_successful,
+    }
 
 
 def batch_auc(
@@ -118,17 +185,36 @@ def probed(name: str) -> str:
     except KeyError:
         pass
 
+    # a method with a ``budget`` option (StepOPSD's per-step budget, §4.6) is also measured without it
+    param = inspect.signature(method.fn).parameters.get("budget")
+    budget_default = param.default if param is not None and param.kind is param.KEYWORD_ONLY else None
+
     @functools.wraps(method.fn)
     def fn(batch: CreditBatch, **kwargs: Any) -> CreditOutput:
         out = method.fn(batch, **kwargs)
         flags = _ANNOUNCED["flags"]
         if flags is not None and len(flags) == batch.num_trajectories:
-            metrics = {**out.metrics, **batch_auc(batch, out.advantages, flags)}
+            metrics = {
+                **out.metrics,
+                **batch_auc(batch, out.advantages, flags),
+                **batch_share(batch, out.advantages, flags),
+            }
+            if kwargs.get("budget", budget_default) is True:  # StepOPSD: the same shaping without the budget
+                pre = method.fn(batch, **{**kwargs, "budget": False}).advantages
+                share = batch_share(batch, pre, flags)
+                metrics.update({f"prebudget_{k}": share[k] for k in ("share_lift", "share_pos_excess")})
         else:
-            metrics = {**out.metrics, "auc_adv_failed": math.nan, "auc_adv_successful": math.nan}
+            metrics = {
+                **out.metrics,
+                "auc_adv_failed": math.nan,
+                "auc_adv_successful": math.nan,
+                "share_lift": math.nan,
+            }
         metrics["right_commitment"] = _ANNOUNCED["right_commitment"]
+        metrics["commitment"] = _ANNOUNCED["commitment"]
         return CreditOutput(out.advantages, out.returns, out.aux, metrics)
 
+    fn.__module__ = __name__  # a probed method is this module's wrapper, not a built-in of ``credit``
     register_credit(
         new,
         needs=method.needs,
