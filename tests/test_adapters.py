@@ -329,3 +329,21 @@ def test_two_training_steps_on_an_adapter_env(tmp_path, tw_games, package, env_i
         assert 0.0 <= line["rollout/success"] <= 1.0 and "loss/total" in line
         if credit == "stepopsd":  # the teacher rescored the adapter's steps: failed steps got a nonzero gap
             assert line["credit/delta_abs_failed"] > 0.0
+
+
+@pytest.mark.parametrize("preset", ["smoke", "paper"])
+def test_presets_evaluate_an_adapter_on_its_held_out_tasks(preset):
+    from stepgym.trainers.presets import get_preset
+
+    # reasoning-gym's held-out tasks are another dataset seed; TextArena's its test split (declared, not guessed)
+    for env_id, held_out in (
+        ("reasoning_gym/leg_counting", {"dataset_seed": 1_000_000}),
+        ("textarena/GuessTheNumber-v0", {"split": "test"}),
+    ):
+        p = get_preset(preset, env_id)
+        assert [(s.label, s.env_kwargs) for s in p.eval_splits] == [("held_out", held_out)]
+        assert p.config["eval"]["env_kwargs"] == held_out
+    # a plain env without held-out kwargs keeps the generic plan (its eval seeds are disjoint from its train seeds)
+    from plain_env import PLAIN_ID
+
+    assert [(s.label, s.env_kwargs) for s in get_preset(preset, PLAIN_ID).eval_splits] == [("eval", {})]

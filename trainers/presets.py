@@ -12,7 +12,7 @@ GiGPO papers); every value not given there is marked ``[recon]`` in :data:`PAPER
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -83,7 +83,7 @@ def env_family(env_id: str) -> str:
 
 
 def env_attribute(env_id: str, name: str, default: Any) -> Any:
-    """A class attribute an env declares (``subsets``, ``headline_metric``), read without building the env.
+    """A class attribute an env declares (``subsets``, ``headline_metric``, ``held_out_kwargs``), read without building.
 
     Read from the registered entry point like ``protocol`` is; an env that does not declare it (a plain
     Gymnasium env) gives ``default``.
@@ -283,6 +283,16 @@ paper preset (shared/ALGORITHMS.md section 9; runnable as-is on a GPU with the m
 """What the paper preset takes from the papers and what it reconstructs (printed by ``--help``)."""
 
 
+def _held_out_kwargs(env_id: str) -> dict[str, Any] | None:
+    """The env's declared ``held_out_kwargs``; ``None`` when it declares none or the id is not registered (yet)."""
+    from gymnasium.error import Error as GymError
+
+    try:
+        return env_attribute(env_id, "held_out_kwargs", None)
+    except GymError:  # presets are also built for ids whose module is imported later (the runner checks ids)
+        return None
+
+
 def get_preset(name: str, env_id: str) -> Preset:
     """The preset ``name`` for ``env_id`` (a deep copy: callers may edit it).
 
@@ -292,4 +302,11 @@ def get_preset(name: str, env_id: str) -> Preset:
     table = {"smoke": _SMOKE, "paper": _PAPER}.get(name)
     if table is None:
         raise ValueError(f"unknown preset {name!r}; use one of {list(PRESETS)}")
-    return copy.deepcopy(table[env_family(env_id)])
+    preset = copy.deepcopy(table[env_family(env_id)])
+    held_out = _held_out_kwargs(env_id) if preset.family == "generic" else None
+    if held_out:
+        # an env that declares its held-out tasks (the adapters do) is evaluated on them, during training and
+        # in the final table, never on the tasks it trains on; an env without them is evaluated on eval seeds
+        preset.config["eval"] = {**preset.config.get("eval", {}), "env_kwargs": dict(held_out)}
+        preset = replace(preset, eval_splits=(EvalSplit("held_out", dict(held_out)),))
+    return preset
