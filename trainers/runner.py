@@ -32,7 +32,7 @@ from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
 from stepgym.distill.hindsight import build_hindsight_batch, llm_contrast_hindsight_batch, render_hindsight
 from stepgym.distill.judge import JudgeFn, llm_judge, oracle_judge
-from stepgym.distill.rescore import teacher_logprobs
+from stepgym.distill.rescore import context_view, teacher_logprobs
 from stepgym.envs import resolve_env_id
 from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
@@ -301,14 +301,23 @@ def _text_generator(policy: Any, tokenizer: Any, *, max_new_tokens: int, seed: i
     return generate
 
 
-def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> TeacherFn:
+def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None, *, with_view: bool = False) -> TeacherFn:
     """The loop's teacher: hindsight text per trajectory (ALGORITHMS.md §4.2) -> batched rescoring.
 
     The hindsight parts are ``teacher.hindsight`` (a method's own parts, e.g. SGCD's contrast, fill it
     when it is left unset: ``config_defaults``); with ``teacher.contrast="policy"`` the ``contrast`` part is
-    written by ``policy`` (SGCD's LLM-written contrast).
+    written by ``policy`` (SGCD's LLM-written contrast). ``with_view`` (methods needing ``context_view``,
+    UCOB) also returns the rows with the block inserted (:func:`~stepgym.distill.rescore.context_view`).
+
+    Raises:
+        ValueError: ``with_view`` under the ``inline`` placement (one block per step, no single view row).
     """
     t = config.teacher
+    if with_view and t.placement == "inline":
+        raise ValueError(
+            f"credit method {config.credit!r} trains the policy under the teacher's context view, which needs one "
+            "context block per row; set teacher.placement='prompt' (or 'prefix'), not 'inline'"
+        )
     parts = tuple(t.hindsight)
     written = "contrast" in parts and t.contrast == "policy"
     if written and policy is None:
@@ -318,9 +327,7 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> Tea
         write = _text_generator(policy, tokenizer, max_new_tokens=t.contrast_max_tokens, seed=config.seed)
     plain = tuple(p for p in parts if not (written and p == "contrast"))
 
-    def teacher(
-        model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher(model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]) -> tuple[Any, ...]:
         texts = build_hindsight_batch(trajs, plain)
         if write is not None:
             extra = llm_contrast_hindsight_batch(trajs, write)
@@ -341,7 +348,11 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> Tea
         if logp_t.shape[1] != L:  # rows are padded to the same longest row; guard the contract
             raise RuntimeError(f"teacher rows have length {logp_t.shape[1]} but the batch has {L}")
         device = batch.input_ids.device
-        return logp_t.to(device), target.to(device)
+        if not with_view:
+            return logp_t.to(device), target.to(device)
+        # one block per row: the same rows as a batch the update can run forward on (UCOB's two views)
+        view = context_view(rows, hindsight, placement=t.placement, length=L, device=device)
+        return logp_t.to(device), target.to(device), view
 
     return teacher
 
@@ -506,7 +517,9 @@ def run_training(
             model=model,
             task_ids=tasks,
             rollout=_rollout(pool, policy, renderer, config, wrap_rollout, sync) if pool is not None else _no_rollout,
-            teacher=make_teacher(tokenizer, config, policy) if method.needs_teacher else None,
+            teacher=make_teacher(tokenizer, config, policy, with_view="context_view" in method.needs)
+            if method.needs_teacher
+            else None,
             teacher_model=build_teacher_model(config, tokenizer) if method.needs_teacher else None,
             judge=make_judge(config, policy, tokenizer) if "judge" in method.needs else None,
             evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,
