@@ -74,10 +74,18 @@ def test_atod_with_a_separate_teacher_model(tmp_path):
     result = _run(cfg)
     # a different model disagrees with the student: the OPD term is not 0 (a self-teacher without hindsight is)
     assert result.history[0]["credit/delta_abs_failed"] > 0.05
-    # a teacher with another tokenizer is refused before training
+    # a teacher with another tokenizer reads hindsight only before the row: refused before training otherwise
     other = build_sandbox_model(tmp_path / "other")
-    with pytest.raises(ValueError, match="different tokenizer"):
-        run_training(_config(tmp_path / "run2", SANDBOX, "atod", teacher={"model": str(other), "hindsight": []}))
+    with pytest.raises(ValueError, match="another tokenizer.*placement='prompt'"):
+        run_training(_config(tmp_path / "run2", SANDBOX, "atod", teacher={"model": str(other), "placement": "inline"}))
+
+
+@pytest.mark.slow
+def test_atod_with_smollm2_teaching_the_tiny_model(tmp_path):
+    # SmolLM2-135M (another tokenizer) scores the tiny model's text (distill/cross_tokenizer.py); 64 s at load ~2.5
+    cfg = _config(tmp_path, SANDBOX, "atod", teacher={"model": "smollm2-135m", "hindsight": []})
+    result = _run(cfg)
+    assert all(h["credit/delta_abs_failed"] > 0.5 and h["credit/rho"] < 1 for h in result.history), result.history
 
 
 @pytest.mark.slow

@@ -232,8 +232,10 @@ def atod(
     (:func:`~stepgym.distill.shaping.rising_schedule`). Turn weights ``u_k = 1 + kappa * norm(D_k U_k)``
     renormalised to mean 1 (:func:`~stepgym.distill.shaping.atod_turn_weights`); ``D_k`` the turn's
     mean ``|logp_T - logp_S|``, ``U_k`` its mean student entropy. ``rho0 = 1`` is GRPO exactly.
-    The teacher: a separate model with the policy's tokenizer (``teacher.model``, e.g. an SFT'd
-    checkpoint; set ``teacher.hindsight=[]``), or the hindsight self-teacher.
+    The teacher: a separate model (``teacher.model``; set ``teacher.hindsight=[]``), e.g. an SFT'd checkpoint
+    of the policy or a larger model with another tokenizer (SmolLM2-135M teaching the tiny model scores the
+    rows' text, aligned by character spans: :mod:`stepgym.distill.cross_tokenizer`, [recon]), or the
+    hindsight self-teacher.
 
     Args:
         batch: The credit batch.

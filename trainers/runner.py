@@ -25,12 +25,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from stepgym.agents.hf import HFPolicy
-from stepgym.agents.models import load_model
+from stepgym.agents.models import load_model, load_tokenizer
 from stepgym.agents.policy import SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
-from stepgym.distill.hindsight import build_hindsight_batch, llm_contrast_hindsight_batch, render_hindsight
+from stepgym.distill.cross_tokenizer import cross_tokenizer_logprobs
+from stepgym.distill.hindsight import (
+    DEFAULT_TEMPLATE,
+    build_hindsight_batch,
+    llm_contrast_hindsight_batch,
+    render_hindsight,
+)
 from stepgym.distill.judge import JudgeFn, llm_judge, oracle_judge
 from stepgym.distill.rescore import context_view, teacher_logprobs
 from stepgym.envs import resolve_env_id
@@ -326,14 +332,41 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None, *, wit
     if written:
         write = _text_generator(policy, tokenizer, max_new_tokens=t.contrast_max_tokens, seed=config.seed)
     plain = tuple(p for p in parts if not (written and p == "contrast"))
+    cross = _cross_tokenizer(config, tokenizer)
+    if cross is not None and with_view:
+        raise ValueError(
+            f"credit method {config.credit!r} trains the policy under the teacher's context view, which a teacher "
+            f"with another tokenizer ({t.model!r}) cannot give; drop teacher.model"
+        )
+    if cross is not None and parts and t.placement != "prompt":
+        raise ValueError(
+            f"teacher.model {t.model!r} has another tokenizer, so it reads hindsight only before the row "
+            f"(teacher.placement='prompt'), not {t.placement!r}; set teacher.placement='prompt' or teacher.hindsight=[]"
+        )
 
     def teacher(model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]) -> tuple[Any, ...]:
         texts = build_hindsight_batch(trajs, plain)
         if write is not None:
             extra = llm_contrast_hindsight_batch(trajs, write)
             texts = ["\n".join(x for x in pair if x) or None for pair in zip(texts, extra)]
-        per_traj = [render_hindsight(text, tokenizer) for text in texts]
         rows = [seq for traj in trajs for seq in traj.sequences]
+        if cross is not None:  # another vocabulary: the teacher scores the rows' text (distill/cross_tokenizer.py)
+            logp_t, target = cross_tokenizer_logprobs(
+                model,
+                cross,
+                tokenizer,
+                rows,
+                hindsight_texts=[
+                    DEFAULT_TEMPLATE.format(text=texts[int(i)]) if texts[int(i)] else None
+                    for i in batch.credit.traj_index
+                ],
+                target=t.target,
+                placement=t.placement,
+                temperature=config.sampling.temperature or 1.0,
+            )
+            device = batch.input_ids.device
+            return logp_t.to(device), target.to(device)
+        per_traj = [render_hindsight(text, tokenizer) for text in texts]
         hindsight = [per_traj[int(i)] for i in batch.credit.traj_index]
         logp_t, target = teacher_logprobs(
             model,
@@ -357,24 +390,34 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None, *, wit
     return teacher
 
 
+def _cross_tokenizer(config: TrainConfig, tokenizer: Any) -> Any | None:
+    """The tokenizer of ``teacher.model`` when it differs from the policy's (rescoring by text), else ``None``."""
+    name = config.teacher.model
+    if name is None:
+        return None
+    teacher_tok = load_tokenizer(name)
+    if teacher_tok.get_vocab() == tokenizer.get_vocab():
+        return None
+    logger.info(
+        "teacher.model %r has another tokenizer (%d tokens) than the policy %r (%d): it scores the rows' text, "
+        "aligned to the policy's tokens by character spans (distill/cross_tokenizer.py, [recon])",
+        name,
+        len(teacher_tok),
+        config.model,
+        len(tokenizer),
+    )
+    return teacher_tok
+
+
 def build_teacher_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module | None:
     """The separate teacher of ``teacher.model`` (frozen, eval, on the policy's device), or ``None``.
 
-    Raises:
-        ValueError: Its tokenizer differs from the policy's (rescoring compares log-probs of the same
-            token ids; cross-tokenizer distillation is not supported).
+    A teacher with another tokenizer scores the rows' text (:func:`make_teacher`; ``distill/cross_tokenizer.py``).
     """
     name = config.teacher.model
     if name is None:
         return None
-    model, teacher_tok = load_model(name, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
-    if teacher_tok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
-            f"teacher.model {name!r} has a different tokenizer ({len(teacher_tok)} tokens) from the policy "
-            f"{config.model!r} ({len(tokenizer)} tokens); teacher rescoring needs the same token ids. Use a teacher "
-            "with the policy's tokenizer (e.g. an SFT'd checkpoint of the policy); cross-tokenizer distillation "
-            "is not supported"
-        )
+    model, _ = load_model(name, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
     return model.eval().requires_grad_(False)
 
 
