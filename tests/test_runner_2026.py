@@ -118,3 +118,11 @@ def test_ucob_trains_both_views_in_both_directions(tmp_path):
     assert all(h["credit/to_plain_frac"] > 0 and h["credit/to_context_frac"] > 0 for h in hist), hist
     assert all(h["loss/aux"] > 0 for h in hist)
     assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+
+
+def test_ucob_view_placements(tmp_path):
+    # prefix (the credit comparison's placement) builds the view too; inline has one block per step: refused up front
+    result = _run(_config(tmp_path / "prefix", SANDBOX, "ucob", teacher={"placement": "prefix"}))
+    assert all("credit/to_context_frac" in h for h in result.history)
+    with pytest.raises(ValueError, match="placement='prompt'.*not 'inline'"):
+        run_training(_config(tmp_path / "inline", SANDBOX, "ucob", teacher={"placement": "inline"}))
