@@ -43,7 +43,10 @@ _MAX_GROUP = 8
 
 
 def char_ends(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[int]]:
-    """The decoded text of ``ids`` and, per token, the character offset where its text ends.
+    """The text of ``ids`` and, per token, the character offset where its text ends.
+
+    The text is decoded token by token (grouped while a character is incomplete); it equals the decoded
+    row up to how many U+FFFD an invalid byte sequence becomes.
 
     Raises:
         ValueError: The per-token pieces do not concatenate to the decoded text (a tokenizer whose
@@ -66,14 +69,16 @@ def char_ends(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[int]]:
         n += len(text)
         ends += [n] * len(pending)
         pending = []
-    full = dec(list(map(int, ids)))
-    if "".join(pieces) != full:
+    text = "".join(pieces)
+    # invalid byte sequences (a random policy samples them) may decode to another number of U+FFFD in one go;
+    # anything else that differs (SentencePiece dropping leading spaces per piece) has no character spans
+    if text.replace("\ufffd", "") != dec(list(map(int, ids))).replace("\ufffd", ""):
         raise ValueError(
             f"{type(tokenizer).__name__}'s per-token decoding does not concatenate to the decoded text, so tokens "
             "cannot be given character spans; cross-tokenizer rescoring needs a byte-level BPE tokenizer on both "
             "sides (GPT-2, Qwen, SmolLM2, Llama 3 style), or give the teacher the policy's tokenizer"
         )
-    return full, ends
+    return text, ends
 
 
 def chunk_logprobs(

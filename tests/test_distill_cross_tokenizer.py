@@ -40,6 +40,11 @@ def test_char_ends_and_chunks_by_hand():
     ids = tok("café 日本 ok", add_special_tokens=False)["input_ids"]
     text, ends = char_ends(tok, ids)
     assert text == "café 日本 ok" and ends[-1] == len(text) and ends == sorted(ends)
+    # what a random policy samples: invalid byte sequences and control characters still get character spans
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        text, ends = char_ends(tok, torch.randint(0, len(tok), (40,), generator=g).tolist())
+        assert ends == sorted(ends) and ends[-1] == len(text)
     # student tokens end at 2, 5, 6; teacher tokens at 1, 2, 6: chunks [0,2) and [2,6)
     got = chunk_logprobs([2, 5, 6], [1, 2, 6], torch.tensor([0.0, -1.0, -3.0]))
     assert got.tolist() == pytest.approx([-1.0, -1.5, -1.5])  # chunk sums -1 and -3, spread over 1 and 2 tokens
@@ -96,3 +101,10 @@ def test_smollm2_scores_the_tiny_models_steps_by_text():
             assert not math.isclose(want, 0.0)
             checked += 1
     assert checked == 3  # every step of both rows
+    # a random policy's row (invalid bytes, control characters SmolLM2's tokenizer does not give back) is scored too
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, len(s_tok), (80,), generator=g).tolist()
+    row = TokenSequence(ids=ids, loss_mask=[0] * 20 + [1] * 60, logprobs=[0.0] * 80, step_index=[-1] * 20 + [0] * 60,
+                        action_mask=[0] * 80)  # fmt: skip
+    got, mask = cross_tokenizer_logprobs(teacher, t_tok, s_tok, [row])
+    assert mask.sum() == 60 and bool(torch.isfinite(got).all()) and float(got.sum()) < -60
