@@ -319,6 +319,10 @@ def test_ucob_local_teacher_in_either_direction_by_return_to_go():
         other = get_credit("ucob")(b, coef=0.05, w_max=0.8, directions="to_context").aux.weight
         torch.testing.assert_close(other, want.clamp(max=0), atol=1e-6, rtol=0)
         assert get_credit("ucob")(b, coef=0.0).aux is None
+    # no target token to teach (e.g. no action span under teacher.target="action"): no term, so no extra forwards
+    b = _with_view(_random_batch(0))
+    out = get_credit("ucob")(CreditBatch(**{**b.__dict__, "target_mask": torch.zeros_like(b.mask)}))
+    assert out.aux is None and out.metrics["taught_tokens"] == 0 and torch.equal(out.advantages, _grpo(b))
     with pytest.raises(ValueError, match="directions"):
         get_credit("ucob")(_with_view(_random_batch(0)), directions="up")
     with pytest.raises(ValueError, match="context_view.*placement='prompt'"):

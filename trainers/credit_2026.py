@@ -409,7 +409,10 @@ def ucob(
     weight = _per_step(w, sid) * batch.targets  # [B, L]
     fn = functools.partial(ucob_two_view_loss, top_k=top_k, divergence=divergence, beta=beta)
     aux = AuxLoss(fn, coef, batch.targets, _need(batch, "logp_teacher", "ucob"), weight=weight, view=view)
+    if not bool((weight != 0).any()):  # no target token is taught: the term is 0, skip its two forwards per micro-batch
+        aux = None
     metrics = {
+        "taught_tokens": float((weight != 0).sum()),
         "teach_frac": float((w != 0).float().mean()) if w.numel() else 0.0,
         "to_plain_frac": float((w > 0).float().mean()) if w.numel() else 0.0,
         "to_context_frac": float((w < 0).float().mean()) if w.numel() else 0.0,
