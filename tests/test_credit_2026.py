@@ -491,3 +491,45 @@ def test_contrast_hindsight_template_and_written():
     out = llm_contrast_hindsight_batch(group, write)
     assert out == ["sibling_contrast:\ncool, not heat.", "sibling_contrast:\ncool, not heat.", None]
     assert len(prompts) == 1 and "action: cool" in prompts[0] and "action: heat" in prompts[0]
+
+
+def test_ucob_term_in_ppo_update_is_the_gradient_of_coef_times_its_token_mean():
+    """ppo_update backpropagates the two-view term on its own (to free its graphs early).
+
+    With zero advantages and plain SGD, the step is exactly -lr * coef * grad of the term's mean over the target
+    tokens, in 1 or 2 micro-batches.
+    """
+    from stepgym.distill.rescore import context_view
+    from stepgym.distill.shaping import ucob_two_view_loss
+    from stepgym.trainers.config import LossConfig
+    from stepgym.trainers.credit import AuxLoss
+    from stepgym.trainers.update import UpdateInputs, _two_view_aux, ppo_update
+    from trainer_helpers import concat_sequence, tiny_model
+
+    rows = [
+        concat_sequence([1, 2, 3], [([4, 5], [6]), ([7, 8, 9], [10])], seed=0),
+        concat_sequence([1, 2], [([11, 12, 13], [14])], seed=1),
+    ]
+    L = max(len(r.ids) for r in rows)
+    view = context_view(rows, [[20, 21, 22], [23]], placement="prompt", length=L)
+    ids, attn, mask = torch.zeros(2, L, dtype=torch.long), torch.zeros(2, L, dtype=torch.long), torch.zeros(2, L)
+    for b, r in enumerate(rows):
+        ids[b, : len(r.ids)], attn[b, : len(r.ids)] = torch.tensor(r.ids), 1
+        mask[b, : len(r.ids)] = torch.tensor(r.loss_mask, dtype=torch.float32)
+    weight = mask * torch.tensor([[0.7], [-1.3]])
+    fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
+    inputs = UpdateInputs(
+        input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
+        aux=AuxLoss(fn, 0.5, mask, torch.zeros(2, L), weight=weight, view=view),
+    )  # fmt: skip
+    ref = tiny_model(0).float()
+    (0.5 * (_two_view_aux(ref, inputs, mask, 1.0) * mask).sum() / mask.sum()).backward()
+    for micro_batch_size in (2, 1):
+        model = tiny_model(0).float()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        out = ppo_update(model, opt, inputs, loss_config=LossConfig(), micro_batch_size=micro_batch_size,
+                         max_grad_norm=None)  # fmt: skip
+        assert out["loss/aux"] > 0
+        for p0, p, r in zip(before, model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p0 - p, r.grad, atol=1e-6, rtol=1e-4)

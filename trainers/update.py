@@ -418,6 +418,15 @@ def ppo_update(
                 micro = mb.rows(rows) if not dummy else inputs.rows(torch.tensor([0]))
                 weight = 0.0 if dummy else 1.0
 
+                view_aux = None
+                if micro.aux is not None and micro.aux.view is not None:
+                    # the two-view term (UCOB) runs its own two forwards; its backward comes first, so their graphs
+                    # are freed before the policy's forward (peak memory: two forwards' activations, not three)
+                    view_tok = _two_view_aux(model, micro, micro.aux.target_mask * weight, temperature)  # [b, L]
+                    view_aux = (view_tok * micro.aux.target_mask * weight).sum() / tgt_norm
+                    if bool(torch.isfinite(view_aux.detach())):  # a non-finite one stops below with the loss
+                        (micro.aux.coef * view_aux * world).backward()
+                    view_aux = view_aux.detach()
                 scored = micro.mask if micro.aux is None else torch.maximum(micro.mask, micro.aux.target_mask)
                 logp, entropy, values = token_logprobs(
                     model,
@@ -458,12 +467,12 @@ def ppo_update(
                     loss = loss - cfg.entropy_coef * ent
                 if micro.aux is not None:
                     target = micro.aux.target_mask * weight  # [b, L]
-                    if micro.aux.view is not None:
-                        aux_tok = _two_view_aux(model, micro, target, temperature)  # [b, L]
+                    if view_aux is not None:
+                        aux_loss = view_aux  # already backpropagated above
                     else:
                         weighted = {} if micro.aux.weight is None else {"weight": micro.aux.weight}
                         aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target, **weighted)  # [b, L]
-                    aux_loss = (aux_tok * target).sum() / tgt_norm
+                        aux_loss = (aux_tok * target).sum() / tgt_norm
                     terms["aux"] = aux_loss
                     loss = loss + micro.aux.coef * aux_loss
                 if train_value:
