@@ -420,7 +420,7 @@ def test_ucob_update_trains_both_views_as_a_from_scratch_forward():
         for p in target[b].nonzero().flatten().tolist():
             vp = int(view.position[b, p])
             term = fn(lr[p - 1][None], lvv[vp - 1][None], ids[b, p][None], weight[b, p][None])[0]
-            assert float(got[b, p]) == pytest.approx(float(term), rel=1e-4, abs=1e-6)
+            assert float(got[b, p].detach()) == pytest.approx(float(term.detach()), rel=1e-4, abs=1e-6)
             total = total + term
     total.backward()
     for g1, p in zip(grads, model.parameters()):
