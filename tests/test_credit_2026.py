@@ -400,32 +400,34 @@ def test_ucob_update_trains_both_views_as_a_from_scratch_forward():
     for b, p in target.nonzero().tolist():
         vp = int(view.position[b, p])
         assert float(lv[b, vp - 1, ids[b, p]]) == pytest.approx(float(logp_t[b, p]), abs=1e-5)
-    weight = target * torch.tensor([[0.7], [-1.3]])  # row 0 is taught by the context view, row 1 teaches it
-    fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
-    micro = UpdateInputs(
-        input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
-        aux=AuxLoss(fn, 0.05, target, logp_t, weight=weight, view=view),
-    )  # fmt: skip
-    model.zero_grad()
-    got = _two_view_aux(model, micro, target, 1.0)
-    got.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    # by hand: one full forward per row and per view row, then the spec loop's term per target token
-    model.zero_grad()
-    total = 0.0
-    for b, r in enumerate(rows):
-        lr = torch.log_softmax(model(input_ids=torch.tensor([r.ids])).logits[0], -1)  # [n, V]
-        vrow = view.input_ids[b, : int(view.attention_mask[b].sum())]
-        lvv = torch.log_softmax(model(input_ids=vrow[None]).logits[0], -1)  # [nv, V]
-        for p in target[b].nonzero().flatten().tolist():
-            vp = int(view.position[b, p])
-            term = fn(lr[p - 1][None], lvv[vp - 1][None], ids[b, p][None], weight[b, p][None])[0]
-            assert float(got[b, p].detach()) == pytest.approx(float(term.detach()), rel=1e-4, abs=1e-6)
-            total = total + term
-    total.backward()
-    for g1, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(g1, p.grad, atol=1e-5, rtol=1e-4)
-    assert any(g.abs().sum() > 0 for g in grads)
+    # row 0 is taught by the context view and row 1 teaches it; or row 0 has no term (and runs no view forward)
+    for row_w in ([0.7, -1.3], [0.0, -1.3]):
+        weight = target * torch.tensor(row_w)[:, None]
+        fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
+        micro = UpdateInputs(
+            input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
+            aux=AuxLoss(fn, 0.05, target, logp_t, weight=weight, view=view),
+        )  # fmt: skip
+        model.zero_grad()
+        got = _two_view_aux(model, micro, target, 1.0)
+        got.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        # by hand: one full forward per row and per view row, then the spec loop's term per target token
+        model.zero_grad()
+        total = 0.0
+        for b, r in enumerate(rows):
+            lr = torch.log_softmax(model(input_ids=torch.tensor([r.ids])).logits[0], -1)  # [n, V]
+            vrow = view.input_ids[b, : int(view.attention_mask[b].sum())]
+            lvv = torch.log_softmax(model(input_ids=vrow[None]).logits[0], -1)  # [nv, V]
+            for p in target[b].nonzero().flatten().tolist():
+                vp = int(view.position[b, p])
+                term = fn(lr[p - 1][None], lvv[vp - 1][None], ids[b, p][None], weight[b, p][None])[0]
+                assert float(got[b, p].detach()) == pytest.approx(float(term.detach()), rel=1e-4, abs=1e-6)
+                total = total + term
+        total.backward()
+        for g1, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(g1, p.grad, atol=1e-5, rtol=1e-4)
+        assert any(g.abs().sum() > 0 for g in grads)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -516,15 +518,16 @@ def test_ucob_term_in_ppo_update_is_the_gradient_of_coef_times_its_token_mean():
     for b, r in enumerate(rows):
         ids[b, : len(r.ids)], attn[b, : len(r.ids)] = torch.tensor(r.ids), 1
         mask[b, : len(r.ids)] = torch.tensor(r.loss_mask, dtype=torch.float32)
-    weight = mask * torch.tensor([[0.7], [-1.3]])
     fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
-    inputs = UpdateInputs(
-        input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
-        aux=AuxLoss(fn, 0.5, mask, torch.zeros(2, L), weight=weight, view=view),
-    )  # fmt: skip
-    ref = tiny_model(0).float()
-    (0.5 * (_two_view_aux(ref, inputs, mask, 1.0) * mask).sum() / mask.sum()).backward()
-    for micro_batch_size in (2, 1):
+    # both rows taught, or only the second (the first then runs no view forward)
+    for row_w, micro_batch_size in (([0.7, -1.3], 2), ([0.7, -1.3], 1), ([0.0, -1.3], 2)):
+        weight = mask * torch.tensor(row_w)[:, None]
+        inputs = UpdateInputs(
+            input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
+            aux=AuxLoss(fn, 0.5, mask, torch.zeros(2, L), weight=weight, view=view),
+        )  # fmt: skip
+        ref = tiny_model(0).float()
+        (0.5 * (_two_view_aux(ref, inputs, mask, 1.0) * mask).sum() / mask.sum()).backward()
         model = tiny_model(0).float()
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)

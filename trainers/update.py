@@ -148,14 +148,20 @@ def _two_view_aux(
     aux = micro.aux
     if aux is None or aux.view is None:
         raise ValueError("_two_view_aux needs an AuxLoss with a view")
-    rows, pos = (target > 0).nonzero(as_tuple=True)  # [N]
+    active = (target > 0) if aux.weight is None else (target > 0) & (aux.weight != 0)  # [b, L] tokens with a term
+    # only the rows holding such a token run forward (at least one row, so every process runs both forwards)
+    sel = active.any(dim=1).nonzero().flatten()  # [s]
+    sel = sel if sel.numel() else torch.zeros(1, dtype=torch.long, device=target.device)
+    r, pos = active[sel].nonzero(as_tuple=True)  # [N] r indexes sel
+    rows = sel[r]  # [N] micro-batch rows
     tokens = micro.input_ids[rows, pos]  # [N]
-    lp_rows = log_softmax_at(model, micro.input_ids, micro.attention_mask, rows, pos, temperature=temperature)
+    ids, attn = micro.input_ids[sel], micro.attention_mask[sel]
+    lp_rows = log_softmax_at(model, ids, attn, r, pos, temperature=temperature)  # [N, V]
     vpos = aux.view.position[rows, pos]  # [N]
     if bool((vpos < 1).any()):
         raise ValueError("a target token has no place in the context view (ContextView.position < 1)")
-    view = aux.view
-    lp_view = log_softmax_at(model, view.input_ids, view.attention_mask, rows, vpos, temperature=temperature)
+    view = aux.view.rows(sel)
+    lp_view = log_softmax_at(model, view.input_ids, view.attention_mask, r, vpos, temperature=temperature)  # [N, V]
     w = aux.weight[rows, pos] if aux.weight is not None else torch.ones_like(rows, dtype=lp_rows.dtype)  # [N]
     per = aux.fn(lp_rows, lp_view, tokens, w)  # [N]
     return torch.zeros(target.shape, dtype=per.dtype, device=per.device).index_put((rows, pos), per)  # [b, L]
