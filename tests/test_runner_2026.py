@@ -82,7 +82,7 @@ def test_atod_with_a_separate_teacher_model(tmp_path):
 
 @pytest.mark.slow
 def test_atod_with_smollm2_teaching_the_tiny_model(tmp_path):
-    # SmolLM2-135M (another tokenizer) scores the tiny model's text (distill/cross_tokenizer.py); 64 s at load ~2.5
+    # SmolLM2-135M (another tokenizer) scores the tiny model's text (distill/cross_tokenizer.py); 18-64 s (load 3-7)
     cfg = _config(tmp_path, SANDBOX, "atod", teacher={"model": "smollm2-135m", "hindsight": []})
     result = _run(cfg)
     assert all(h["credit/delta_abs_failed"] > 0.5 and h["credit/rho"] < 1 for h in result.history), result.history
