@@ -238,7 +238,8 @@ def _run_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         "--preset",
         default="smoke",
         choices=P.PRESETS,
-        help="smoke: minutes on a 2-core CPU; paper: the published GPU settings (default: smoke)",
+        help="smoke: the short recipe, minutes on a 2-core CPU; cpu: the full recipe (Search-QA: GRPO and StepOPSD "
+        "arms, 3 seeds, CIs; hours); paper: the published GPU settings (default: smoke)",
     )
     run.add_argument("--config", default=None, metavar="FILE", help="JSON or YAML: TrainConfig fields (nested) "
                      "and run-level keys (env, model, seeds, out, ...); flags override it")  # fmt: skip
@@ -276,7 +277,7 @@ def _run_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     if mode in ("train", "run"):
         run.add_argument(
             "--seeds", "--seed", nargs="+", type=int, default=None, metavar="K",
-            help="One training per seed, aggregated as mean ± std (default: 0)",
+            help="One training per seed, aggregated as mean ± std (default: the preset's: 0; cpu: 0 1 2)",
         )  # fmt: skip
     if mode in ("eval", "run"):
         ev = p.add_argument_group("evaluation only")
@@ -416,13 +417,15 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     # the main job's own progress lines are plain INFO text on stdout, shown without -v
-    exp_logger = logging.getLogger("stepgym.trainers.experiment")
-    exp_logger.setLevel(logging.INFO)
-    if not exp_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        exp_logger.addHandler(handler)
-        exp_logger.propagate = False
+    # (and the recipe's: which stage is skipped, how many demonstrations were kept)
+    for name in ("stepgym.trainers.experiment", "stepgym.trainers.recipe"):
+        exp_logger = logging.getLogger(name)
+        exp_logger.setLevel(logging.INFO)
+        if not exp_logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            exp_logger.addHandler(handler)
+            exp_logger.propagate = False
     try:
         from transformers.utils import logging as hf_logging
 
@@ -462,6 +465,11 @@ def _parse(mode: str, argv: Sequence[str], prog: str) -> tuple[argparse.Namespac
     if early.model and early.policy != "openai":
         resolve_model(early.model)
     preset = early.preset if early.preset in P.PRESETS else "smoke"
+    if env_id and not P.has_preset(preset, env_id):
+        try:
+            P.get_preset(preset, env_id)
+        except ValueError as e:  # the preset is not defined for this env family: the message says which it is for
+            raise ExperimentError(str(e)) from None
     parser = build_parser(mode, prog=prog, env=env_id or ("stepgym/SearchQA-v0" if mode != "eval" else None),
                           preset=preset)  # fmt: skip
     args = parser.parse_args(argv)
@@ -483,7 +491,7 @@ def _train(args: argparse.Namespace, file_run: dict[str, Any], overrides: dict[s
         env=args.env or file_run.get("env", "searchqa"),
         preset=args.preset,
         model=args.model or file_run.get("model"),
-        seeds=tuple(args.seeds or file_run.get("seeds") or (0,)),
+        seeds=tuple(args.seeds or file_run.get("seeds") or ()),
         out=args.out or file_run.get("out"),
         eval_tasks=_eval_tasks(args.eval_tasks) if args.eval_tasks else file_run.get("eval_tasks"),
         decoding=args.decoding or file_run.get("decoding", "greedy"),
