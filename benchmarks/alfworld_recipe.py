@@ -326,6 +326,13 @@ def main() -> None:
     ap.add_argument("--tasks-per-step", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # every module a stage needs, imported before the first stage: a run of an hour keeps the code it started
+    # with even when the checkout changes under it (a merge while it runs)
+    import stepgym.agents.alfworld_agents
+    import stepgym.envs.alfworld
+    import stepgym.trainers.evaluate
+    import stepgym.trainers.runner
+    import stepgym.trainers.sft  # noqa: F401
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
