@@ -77,10 +77,11 @@ class ExperimentConfig(BaseModel):
 
     env: str = "searchqa"
     """An alias (``searchqa``, ``alfworld``, ``sandbox``...), a registered id, or ``module:Env-v0``."""
-    preset: Literal["smoke", "paper"] = "smoke"
+    preset: Literal["smoke", "cpu", "paper"] = "smoke"
     model: str | None = None
     """``tiny``, ``smollm2-135m``, a local folder or a hub id; ``None``: the preset's (or the best local)."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = ()
+    """Training seeds; empty: the preset's (``(0,)``, the ``cpu`` preset ``(0, 1, 2)``)."""
     out: str | None = None
     """Run folder (``seed<k>/`` per seed); ``None``: ``runs/<env>-<method>-<preset>``."""
     eval_tasks: int | Literal["all"] | None = None
@@ -89,6 +90,9 @@ class ExperimentConfig(BaseModel):
     data_dir: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Nested ``TrainConfig`` fields over the preset (``{"sampling": {"top_p": 0.9}}``)."""
+    recipe_dir: str | None = None
+    """Folder whose ``seed<k>/recipe`` holds the stages shared by several arms (base, SFT, SFT evaluation);
+    ``None``: each seed's own run folder. Set by the arms of a preset (``Preset.arms``)."""
 
 
 class EvaluationConfig(BaseModel):
@@ -113,7 +117,7 @@ class EvaluationConfig(BaseModel):
     """The server returns no token ids: send text, re-tokenise replies (token-exactness not available)."""
     env: str | None = None
     """Env override (default: each checkpoint's own; required for a served model)."""
-    preset: Literal["smoke", "paper"] = "smoke"
+    preset: Literal["smoke", "cpu", "paper"] = "smoke"
     out: str | None = None
     """Output folder; ``None``: ``runs/eval-<env>``."""
     eval_tasks: int | Literal["all"] | None = None
@@ -554,8 +558,10 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
         model = preset.default_model
     else:
         model, model_note = default_model()
-    seeds = list(exp.seeds) or [0]
+    seeds = list(exp.seeds) or list(preset.seeds)
     env_key = next((k for k, v in P.ENV_ALIASES.items() if v == env_id), env_id.split("/")[-1].lower())
+    if preset.arms and "credit" not in exp.overrides:
+        return run_arms(exp, preset, env_id, Path(exp.out or f"runs/{env_key}-{exp.preset}"), seeds, progress)
     out = Path(exp.out or f"runs/{env_key}-{method}-{exp.preset}")
     configs = {}
     for k in seeds:
@@ -619,7 +625,8 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
                             stop.training = False
 
                 if cfg.sft.enabled:
-                    rec = _recipe_seed(cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}")
+                    shared = Path(exp.recipe_dir) / f"seed{k}" if exp.recipe_dir else None
+                    rec = _recipe_seed(cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared)
                     recipes[k] = rec.stages
                     result = rec.rl_result
                 else:
@@ -674,7 +681,7 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
     }
     extra: list[Path] = []
     if recipes:
-        summary["recipe"] = recipe_summary(recipes, decode)
+        summary["recipe"] = {**recipe_summary(recipes, decode), "plan": plan}
         tables = {**recipe_tables(summary["recipe"], metric, list(per_seed)), **tables}
         png = R.plot_stage_curve(
             stage_curve(summary["recipe"], curves),
@@ -700,9 +707,19 @@ SAMPLES_PER_SUBSET = 3
 
 
 def _recipe_seed(
-    cfg: TrainConfig, preset: P.Preset, plan: Plan, decode: dict[str, float], metric: str, train_rl: Any, tag: str
+    cfg: TrainConfig,
+    preset: P.Preset,
+    plan: Plan,
+    decode: dict[str, float],
+    metric: str,
+    train_rl: Any,
+    tag: str,
+    shared: Path | None = None,
 ) -> Any:
-    """Run :func:`stepgym.trainers.recipe.run_recipe` for one seed, evaluating every stage on ``plan``."""
+    """Run :func:`stepgym.trainers.recipe.run_recipe` for one seed, evaluating every stage on ``plan``.
+
+    ``shared``: the folder of the stages several arms share (their ``recipe/`` and ``samples/``).
+    """
     from stepgym.trainers.recipe import run_recipe
 
     def evaluate(model: Any, tok: Any, stage: str) -> dict[str, Any]:
@@ -711,7 +728,8 @@ def _recipe_seed(
 
         def on_episodes(label: str, split: str, trajs: list[Any]) -> None:
             outcomes.setdefault(label, {})[split] = {str(t.task_id): float(t.outcome) for t in trajs}
-            folder = Path(cfg.output_dir) / "samples" / stage / f"{split}-{label.replace(' ', '_')}"
+            root = shared if shared is not None and stage != "final" else Path(cfg.output_dir)
+            folder = root / "samples" / stage / f"{split}-{label.replace(' ', '_')}"
             samples.extend(str(p) for p in R.write_samples(folder, trajs, per_subset=SAMPLES_PER_SUBSET, metric=metric))
 
         res = evaluate_all(
@@ -719,7 +737,9 @@ def _recipe_seed(
         )
         return {"results": res, "outcomes": outcomes, "samples": samples}
 
-    rec = run_recipe(cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl)
+    rec = run_recipe(
+        cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl, shared_dir=shared
+    )
     if not rec.interrupted:  # the final evaluation is also what --eval-only and a plain rerun read
         key = {"step": rec.rl_result.final_step, "plan": plan, "decode": decode}
         R.write_json(
@@ -808,6 +828,103 @@ def stage_curve(recipe: dict[str, Any], curves: dict[str, list]) -> list[tuple[i
     for x, subs in sorted(periodic.items()):
         points.append((x, "periodic", {sub: sum(v) / len(v) for sub, v in subs.items()}))
     return points
+
+
+def run_arms(
+    exp: ExperimentConfig, preset: P.Preset, env_id: str, out: Path, seeds: list[int], progress: bool
+) -> ExperimentResult:
+    """Run each credit method of ``preset.arms`` from the same SFT warm start, then compare them with CIs.
+
+    Arm ``m`` trains in ``out/m/seed<k>``; the stages before RL live once in ``out/seed<k>/recipe`` (their
+    keys hold no credit setting), so both arms start from the very same weights and are compared on the
+    very same questions. ``out/comparison.md`` / ``comparison.json`` hold the paired bootstrap CIs.
+    """
+    results: dict[str, ExperimentResult] = {}
+    status: Literal["complete", "interrupted"] = "complete"
+    for method in preset.arms:
+        logger.info("arm %s of %s (same seeds %s, budget and warm start)", method, ", ".join(preset.arms), seeds)
+        arm = exp.model_copy(
+            update={
+                "out": str(out / method),
+                "seeds": tuple(seeds),
+                "overrides": {**exp.overrides, "credit": method},
+                "recipe_dir": str(out),
+            }
+        )
+        results[method] = run_experiment(arm, progress=progress)
+        if results[method].status == "interrupted":
+            status = "interrupted"
+            break
+    metric = R.metric_name(env_id)
+    summary = arm_comparison({m: r.summary for m, r in results.items()})
+    summary.update(status=status, env_id=env_id, preset=exp.preset, seeds=seeds, arms=list(results))
+    text = "\n".join(
+        [f"# {env_id} · preset {exp.preset} · arms {', '.join(results)} · seeds {', '.join(map(str, seeds))}", ""]
+        + [f"## {m}\n\n{r.table}" for m, r in results.items()]
+        + ["## paired bootstrap 95% CIs (pairs: the same question and seed)", "", comparison_table(summary, metric)]
+    )
+    (out / "comparison.md").write_text(text)
+    files = (R.write_json(out / "comparison.json", summary), out / "comparison.md")
+    return ExperimentResult(out=out, status=status, summary=summary, table=text, files=files)
+
+
+def _paired(per_seed_a: dict[str, Any], per_seed_b: dict[str, Any], tasks: list[str]) -> tuple[list[float], ...]:
+    """Outcomes of the same (seed, task) pairs in two ``{seed: {task: outcome}}`` maps."""
+    a, b = [], []
+    for seed, outcomes in per_seed_a.items():
+        other = per_seed_b.get(seed, {})
+        for t in tasks:
+            if t in outcomes and t in other:
+                a.append(float(outcomes[t]))
+                b.append(float(other[t]))
+    return a, b
+
+
+def arm_comparison(summaries: dict[str, dict[str, Any]], label: str = "greedy") -> dict[str, Any]:
+    """Per subset and overall: each arm's RL-minus-SFT and last-arm-minus-first-arm, with paired bootstrap CIs."""
+    arms = list(summaries)
+    outcomes: dict[str, dict[str, dict[str, Any]]] = {}  # arm -> stage -> seed -> {task: outcome}
+    for arm, summ in summaries.items():
+        for seed, by_stage in summ.get("recipe", {}).get("outcomes", {}).items():
+            for stage, by_label in by_stage.items():
+                merged = {t: v for tasks in by_label.get(label, {}).values() for t, v in tasks.items()}
+                outcomes.setdefault(arm, {}).setdefault(stage, {})[seed] = merged
+    plan = next(iter(summaries.values())).get("recipe", {}).get("plan", {})
+    split = next(iter(plan), None)  # the first split: the held-out one the recipe reports
+    subsets = {sub: [str(t) for t in tasks] for sub, tasks in (plan.get(split, {}) if split else {}).items()}
+    subsets["all"] = [t for tasks in list(subsets.values()) for t in tasks]
+    rows: dict[str, dict[str, Any]] = {}
+    for sub, tasks in subsets.items():
+        row: dict[str, Any] = {}
+        for arm in arms:
+            final, sft = outcomes.get(arm, {}).get("final", {}), outcomes.get(arm, {}).get("sft_eval", {})
+            a, b = _paired(final, sft, tasks)
+            if a:
+                row[f"{arm} - SFT"] = dict(zip(("diff", "lo", "hi"), R.paired_bootstrap_ci(a, b), strict=True))
+                row[f"{arm} - SFT"].update(pairs=len(a), rl=sum(a) / len(a), sft=sum(b) / len(b))
+        if len(arms) >= 2:
+            a, b = _paired(
+                outcomes.get(arms[-1], {}).get("final", {}), outcomes.get(arms[0], {}).get("final", {}), tasks
+            )
+            if a:
+                key = f"{arms[-1]} - {arms[0]}"
+                row[key] = dict(zip(("diff", "lo", "hi"), R.paired_bootstrap_ci(a, b), strict=True)) | {"pairs": len(a)}
+        rows[sub] = row
+    return {"comparison": rows, "decoding": label}
+
+
+def comparison_table(summary: dict[str, Any], metric: str) -> str:
+    """Markdown: a row per subset (``all`` last), a ``diff [lo, hi]`` column per compared pair (percentage points)."""
+    rows = summary["comparison"]
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    head = ["subset", *(f"{k} {metric} pp [95% CI]" for k in keys), "pairs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sub, r in rows.items():
+        cells = [f"{100 * r[k]['diff']:+.1f} [{100 * r[k]['lo']:+.1f}, {100 * r[k]['hi']:+.1f}]" if k in r else "-"
+                 for k in keys]  # fmt: skip
+        pairs = next((str(r[k]["pairs"]) for k in keys if k in r), "-")
+        lines.append("| " + " | ".join([f"**{sub}**" if sub == "all" else sub, *cells, pairs]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _evaluate_seed(

@@ -214,6 +214,7 @@ def run_recipe(
     evaluate: EvalFn,
     eval_key: dict[str, Any],
     train_rl: Callable[[TrainConfig], Any],
+    shared_dir: Path | None = None,
 ) -> RecipeResult:
     """Run the five stages of one seed (``config.output_dir``), skipping those already done.
 
@@ -222,12 +223,14 @@ def run_recipe(
         evaluate: Evaluates a model on the held-out plan (the base, SFT and final stages alike).
         eval_key: What identifies that plan (split, tasks, decoding): part of each evaluation stage's key.
         train_rl: Runs (or resumes) RL with the config it is given; returns a ``RunResult``.
+        shared_dir: Where the base, SFT and SFT-evaluation stages live when several arms (credit methods) share
+            them (``<shared_dir>/recipe``); ``None``: ``config.output_dir``. Their keys hold no credit setting.
     """
     from stepgym.trainers.runner import build_model, load_checkpoint_model
 
-    folder = Path(config.output_dir) / "recipe"
-    stages = _Stages(folder)
-    model_dir = folder / "sft-model"
+    own = _Stages(Path(config.output_dir) / "recipe")
+    stages = _Stages(Path(shared_dir or config.output_dir) / "recipe")  # the stages before RL
+    model_dir = stages.folder / "sft-model"
     records: dict[str, dict[str, Any]] = {}
 
     def eval_model(name: str, stage: str) -> Callable[[], dict[str, Any]]:
@@ -277,7 +280,7 @@ def run_recipe(
     }
     if rl.interrupted:
         return RecipeResult(stages=records, rl_config=rl_config, rl_result=rl, interrupted=True)
-    R.write_json(stages.path("rl"), records["rl"])
+    R.write_json(own.path("rl"), records["rl"])
 
     # ------------------------------------------------------------------ 5. the RL model, evaluated
     def final() -> dict[str, Any]:
@@ -285,5 +288,5 @@ def run_recipe(
         return evaluate(model, tok, "final")
 
     final_key = {**sft_id, "checkpoint": str(rl.checkpoint), "step": rl.final_step, **eval_key}
-    records["final"] = stages.run("final", final_key, final)
+    records["final"] = own.run("final", final_key, final)
     return RecipeResult(stages=records, rl_config=rl_config, rl_result=rl, interrupted=False)
