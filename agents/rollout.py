@@ -566,6 +566,15 @@ def env_faults(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
     return [t for t in trajectories if t.info.get("truncated_reason") in ENV_FAULTS]
 
 
+def _all_equal_share(trajectories: Sequence[Trajectory]) -> float:
+    """Share of groups (``group_id``) with more than one member whose outcomes are all equal (0 when none has 2)."""
+    groups: dict[str, list[float]] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_id, []).append(t.outcome)
+    multi = [v for v in groups.values() if len(v) > 1]
+    return sum(max(v) == min(v) for v in multi) / len(multi) if multi else 0.0
+
+
 def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """Batch metrics under ``rollout/`` and ``time/``: success, lengths, drift, truncation, env faults, timing.
 
@@ -588,6 +597,10 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         / max(sum(t.num_steps for t in trajectories), 1),
         "rollout/retokenization_drift": (sum(1 for d in drift if d) / len(drift)) if drift else 0.0,
         "rollout/prompt_truncated": sum(bool(t.info.get("prompt_truncation")) for t in trajectories) / n,
+        # generated tokens per episode (all its steps): what the model wrote, not the prompt or observations
+        "rollout/response_tokens": sum(sum(s.loss_mask) for t in trajectories for s in t.sequences) / n,
+        # groups whose members all scored the same carry no group-relative signal (GRPO's advantage is 0)
+        "rollout/all_equal_groups": _all_equal_share(trajectories),
         "time/generate_s": float(sum(float(t.info.get("time_generate_s", 0.0)) for t in trajectories)),  # type: ignore[arg-type]
         "time/env_s": float(sum(float(t.info.get("time_env_s", 0.0)) for t in trajectories)),  # type: ignore[arg-type]
     }

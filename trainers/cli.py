@@ -238,7 +238,8 @@ def _run_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         "--preset",
         default="smoke",
         choices=P.PRESETS,
-        help="smoke: minutes on a 2-core CPU; paper: the published GPU settings (default: smoke)",
+        help="smoke: the short recipe, minutes on a 2-core CPU; cpu: the full recipe (Search-QA: GRPO and StepOPSD "
+        "arms, 3 seeds, CIs; hours); paper: the published GPU settings (default: smoke)",
     )
     run.add_argument("--config", default=None, metavar="FILE", help="JSON or YAML: TrainConfig fields (nested) "
                      "and run-level keys (env, model, seeds, out, ...); flags override it")  # fmt: skip
@@ -276,7 +277,7 @@ def _run_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     if mode in ("train", "run"):
         run.add_argument(
             "--seeds", "--seed", nargs="+", type=int, default=None, metavar="K",
-            help="One training per seed, aggregated as mean ± std (default: 0)",
+            help="One training per seed, aggregated as mean ± std (default: the preset's: 0; cpu: 0 1 2)",
         )  # fmt: skip
     if mode in ("eval", "run"):
         ev = p.add_argument_group("evaluation only")
@@ -483,7 +484,7 @@ def _train(args: argparse.Namespace, file_run: dict[str, Any], overrides: dict[s
         env=args.env or file_run.get("env", "searchqa"),
         preset=args.preset,
         model=args.model or file_run.get("model"),
-        seeds=tuple(args.seeds or file_run.get("seeds") or (0,)),
+        seeds=tuple(args.seeds or file_run.get("seeds") or ()),
         out=args.out or file_run.get("out"),
         eval_tasks=_eval_tasks(args.eval_tasks) if args.eval_tasks else file_run.get("eval_tasks"),
         decoding=args.decoding or file_run.get("decoding", "greedy"),

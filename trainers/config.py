@@ -28,6 +28,7 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "RolloutEngineConfig",
+    "SFTConfig",
     "SamplingConfig",
     "TeacherConfig",
     "TrainConfig",
@@ -225,6 +226,25 @@ class LoRAConfig(_Config):
     """Module names that receive adapters."""
 
 
+class SFTConfig(_Config):
+    """The recipe's supervised warm start on demonstrations (``trainers/recipe.py``), before RL."""
+
+    enabled: bool = False
+    """Run the recipe: base evaluation, SFT on the env's demonstrator's episodes (``agents/demos.py``), evaluation,
+    then RL from the SFT model and a final evaluation, each stage resumable."""
+    demo_tasks: int = Field(64, ge=1)
+    """Training tasks (from ``train_subsets``, shuffled by ``seed``) the demonstrator plays once each; its
+    keep-filter then drops the episodes it does not trust."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the kept demonstrations."""
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    """Peak AdamW learning rate of the warm start."""
+    batch_size: int = Field(8, ge=1)
+    """Token rows per SFT optimizer step."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """SFT learning-rate shape (``trainers/sft.py``)."""
+
+
 class TrainConfig(_Config):
     """One GRPO-style training run."""
 
@@ -308,6 +328,8 @@ class TrainConfig(_Config):
     """Recompute ``logp_old`` with the trainer's forward before the update (else use rollout log-probs)."""
     total_steps: int = Field(150, ge=1)
     """Training steps (each: rollout, credit, update)."""
+    sft: SFTConfig = SFTConfig()
+    """Supervised warm start before RL (the recipe; off by default)."""
 
     # ----------------------------------------------------------------------------- run
     eval: EvalConfig = EvalConfig()

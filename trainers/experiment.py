@@ -77,10 +77,11 @@ class ExperimentConfig(BaseModel):
 
     env: str = "searchqa"
     """An alias (``searchqa``, ``alfworld``, ``sandbox``...), a registered id, or ``module:Env-v0``."""
-    preset: Literal["smoke", "paper"] = "smoke"
+    preset: Literal["smoke", "cpu", "paper"] = "smoke"
     model: str | None = None
     """``tiny``, ``smollm2-135m``, a local folder or a hub id; ``None``: the preset's (or the best local)."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = ()
+    """Training seeds; empty: the preset's (``(0,)``, the ``cpu`` preset ``(0, 1, 2)``)."""
     out: str | None = None
     """Run folder (``seed<k>/`` per seed); ``None``: ``runs/<env>-<method>-<preset>``."""
     eval_tasks: int | Literal["all"] | None = None
@@ -89,6 +90,9 @@ class ExperimentConfig(BaseModel):
     data_dir: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Nested ``TrainConfig`` fields over the preset (``{"sampling": {"top_p": 0.9}}``)."""
+    recipe_dir: str | None = None
+    """Folder whose ``seed<k>/recipe`` holds the stages shared by several arms (base, SFT, SFT evaluation);
+    ``None``: each seed's own run folder. Set by the arms of a preset (``Preset.arms``)."""
 
 
 class EvaluationConfig(BaseModel):
@@ -113,7 +117,7 @@ class EvaluationConfig(BaseModel):
     """The server returns no token ids: send text, re-tokenise replies (token-exactness not available)."""
     env: str | None = None
     """Env override (default: each checkpoint's own; required for a served model)."""
-    preset: Literal["smoke", "paper"] = "smoke"
+    preset: Literal["smoke", "cpu", "paper"] = "smoke"
     out: str | None = None
     """Output folder; ``None``: ``runs/eval-<env>``."""
     eval_tasks: int | Literal["all"] | None = None
@@ -402,8 +406,12 @@ def evaluate_all(
     seed: int,
     tag: str,
     policy: Any = None,
+    on_episodes: Any = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{decoding label: {split: {subset: SubsetResult-dict}}}`` over every split of the plan, with progress bars.
+
+    ``on_episodes(decoding label, split label, trajectories)`` receives each split's episodes (sample
+    episodes and per-task outcomes of the recipe's report).
 
     The bar counts episodes and estimates the remaining time from the average rate since the start
     (``smoothing=0``): episodes of one batch finish together, so a recent-rate estimate swings wildly.
@@ -427,10 +435,12 @@ def evaluate_all(
             )
             desc = f"{tag} eval {split_label} {label}"
             with tqdm(total=total, desc=desc, unit="ep", leave=False, dynamic_ncols=True, smoothing=0) as bar:
-                results, _ = evaluate_model(
+                results, trajs = evaluate_model(
                     cfg, model, tok, tasks, temperature=temp, seed=seed, progress=bar.update, policy=policy
                 )
             out[label][split_label] = {k: results[k].to_dict() for k in tasks if k in results}
+            if on_episodes is not None:
+                on_episodes(label, split_label, trajs)
     return out
 
 
@@ -548,8 +558,10 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
         model = preset.default_model
     else:
         model, model_note = default_model()
-    seeds = list(exp.seeds) or [0]
+    seeds = list(exp.seeds) or list(preset.seeds)
     env_key = next((k for k, v in P.ENV_ALIASES.items() if v == env_id), env_id.split("/")[-1].lower())
+    if preset.arms and "credit" not in exp.overrides:
+        return run_arms(exp, preset, env_id, Path(exp.out or f"runs/{env_key}-{exp.preset}"), seeds, progress)
     out = Path(exp.out or f"runs/{env_key}-{method}-{exp.preset}")
     configs = {}
     for k in seeds:
@@ -574,6 +586,8 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
 
     per_seed: dict[int, dict[str, Any]] = {}
     training: dict[int, dict[str, Any]] = {}
+    recipes: dict[int, dict[str, dict[str, Any]]] = {}
+    metric = R.metric_name(env_id)
     status: Literal["complete", "interrupted"] = "complete"
     with StopFlag() as stop:
         try:
@@ -582,31 +596,41 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
                 ckpt = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
                 start = 0 if ckpt is None else int(ckpt.name.split("-")[-1])
                 t0 = time.perf_counter()
-                with tqdm(
-                    total=cfg.total_steps,
-                    initial=start,
-                    desc=f"seed {k} train",
-                    unit="step",
-                    dynamic_ncols=True,
-                    disable=not progress,
-                ) as bar:
 
-                    def on_step(step: int, metrics: dict[str, float], bar: Any = bar) -> None:
-                        bar.update(1)
-                        bar.set_postfix(
-                            {
-                                "succ": f"{metrics.get('rollout/success', math.nan):.2f}",
-                                "score": f"{metrics.get('rollout/score', math.nan):.2f}",
-                                "rollout_s": f"{metrics.get('time/rollout', math.nan):.0f}",
-                                "update_s": f"{metrics.get('time/update', math.nan):.0f}",
-                            }
-                        )
+                def train_rl(cfg: TrainConfig, k: int = k, start: int = start) -> Any:
+                    with tqdm(
+                        total=cfg.total_steps,
+                        initial=start,
+                        desc=f"seed {k} train",
+                        unit="step",
+                        dynamic_ncols=True,
+                        disable=not progress,
+                    ) as bar:
 
-                    stop.training = True
-                    try:
-                        result = run_training(cfg, on_step=on_step, should_stop=stop)
-                    finally:
-                        stop.training = False
+                        def on_step(step: int, metrics: dict[str, float], bar: Any = bar) -> None:
+                            bar.update(1)
+                            bar.set_postfix(
+                                {
+                                    "succ": f"{metrics.get('rollout/success', math.nan):.2f}",
+                                    "score": f"{metrics.get('rollout/score', math.nan):.2f}",
+                                    "rollout_s": f"{metrics.get('time/rollout', math.nan):.0f}",
+                                    "update_s": f"{metrics.get('time/update', math.nan):.0f}",
+                                }
+                            )
+
+                        stop.training = True
+                        try:
+                            return run_training(cfg, on_step=on_step, should_stop=stop)
+                        finally:
+                            stop.training = False
+
+                if cfg.sft.enabled:
+                    shared = Path(exp.recipe_dir) / f"seed{k}" if exp.recipe_dir else None
+                    rec = _recipe_seed(cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared)
+                    recipes[k] = rec.stages
+                    result = rec.rl_result
+                else:
+                    result = train_rl(cfg)
                 training[k] = {
                     "final_step": result.final_step,
                     "interrupted": result.interrupted,
@@ -618,12 +642,14 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
                 if result.interrupted or stop():
                     status = "interrupted"
                     break
-                per_seed[k] = _evaluate_seed(cfg, result, preset, plan, decode, tag=f"seed {k}")
+                if cfg.sft.enabled:
+                    per_seed[k] = recipes[k]["final"]["result"]["results"]
+                else:
+                    per_seed[k] = _evaluate_seed(cfg, result, preset, plan, decode, tag=f"seed {k}")
         except KeyboardInterrupt:
             status = "interrupted"
     curves = {f"seed {k}": R.read_metrics(Path(configs[k].output_dir) / "metrics.jsonl") for k in seeds}
     curves = {k: v for k, v in curves.items() if v}
-    metric = R.metric_name(env_id)
     cfg_dump = first.model_dump(mode="json")
     cfg_dump.pop("seed", None)
     cfg_dump.pop("output_dir", None)
@@ -653,13 +679,252 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
         for label in decode
         if summary["results"].get(label)
     }
+    extra: list[Path] = []
+    if recipes:
+        summary["recipe"] = {**recipe_summary(recipes, decode), "plan": plan}
+        tables = {**recipe_tables(summary["recipe"], metric, list(per_seed)), **tables}
+        png = R.plot_stage_curve(
+            stage_curve(summary["recipe"], curves),
+            out / "eval_curve.png",
+            metric=metric,
+            title=f"{env_id} · {model} · held-out greedy {metric}",
+        )
+        extra += [png] if png else []
     text, files = write_outputs(out, summary, tables, curves)
-    return ExperimentResult(out=out, status=status, summary=summary, table=text, files=files)
+    return ExperimentResult(out=out, status=status, summary=summary, table=text, files=files + tuple(extra))
 
 
 def _n_text(tasks: dict[str, list[str]]) -> str:
     ns = sorted({len(v) for v in tasks.values()})
     return str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+
+
+# =========================================================================== the recipe (issue 16)
+STAGE_LABELS = {"base": "before training", "sft_eval": "after SFT", "final": "after training"}
+"""Table columns of the recipe's evaluation stages (``trainers/recipe.py``)."""
+SAMPLES_PER_SUBSET = 3
+"""Rendered episodes per subset written for each evaluated stage (``<seed>/samples/<stage>/``)."""
+
+
+def _recipe_seed(
+    cfg: TrainConfig,
+    preset: P.Preset,
+    plan: Plan,
+    decode: dict[str, float],
+    metric: str,
+    train_rl: Any,
+    tag: str,
+    shared: Path | None = None,
+) -> Any:
+    """Run :func:`stepgym.trainers.recipe.run_recipe` for one seed, evaluating every stage on ``plan``.
+
+    ``shared``: the folder of the stages several arms share (their ``recipe/`` and ``samples/``).
+    """
+    from stepgym.trainers.recipe import run_recipe
+
+    def evaluate(model: Any, tok: Any, stage: str) -> dict[str, Any]:
+        outcomes: dict[str, dict[str, dict[str, float]]] = {}
+        samples: list[str] = []
+
+        def on_episodes(label: str, split: str, trajs: list[Any]) -> None:
+            outcomes.setdefault(label, {})[split] = {str(t.task_id): float(t.outcome) for t in trajs}
+            root = shared if shared is not None and stage != "final" else Path(cfg.output_dir)
+            folder = root / "samples" / stage / f"{split}-{label.replace(' ', '_')}"
+            samples.extend(str(p) for p in R.write_samples(folder, trajs, per_subset=SAMPLES_PER_SUBSET, metric=metric))
+
+        res = evaluate_all(
+            cfg, model, tok, preset, plan, decode, seed=cfg.seed, tag=f"{tag} {stage}", on_episodes=on_episodes
+        )
+        return {"results": res, "outcomes": outcomes, "samples": samples}
+
+    rec = run_recipe(
+        cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl, shared_dir=shared
+    )
+    if not rec.interrupted:  # the final evaluation is also what --eval-only and a plain rerun read
+        key = {"step": rec.rl_result.final_step, "plan": plan, "decode": decode}
+        R.write_json(
+            Path(cfg.output_dir) / "eval.json",
+            {
+                "key": key,
+                "checkpoint": str(rec.rl_result.checkpoint),
+                "results": rec.stages["final"]["result"]["results"],
+            },
+        )
+    return rec
+
+
+def recipe_summary(recipes: dict[int, dict[str, dict[str, Any]]], decode: dict[str, float]) -> dict[str, Any]:
+    """Per-stage results aggregated over seeds, the SFT stage's numbers and each stage's time and peak RSS."""
+    seeds = list(recipes)
+    evaluated = {
+        label: {
+            STAGE_LABELS[st]: R.aggregate(
+                [recipes[k][st]["result"]["results"][label] for k in seeds if st in recipes[k]]
+            )
+            for st in STAGE_LABELS
+            if any(st in recipes[k] for k in seeds)
+        }
+        for label in decode
+    }
+    sft = {
+        str(k): {x: v for x, v in recipes[k]["sft"]["result"].items() if x != "losses"}
+        | {
+            "loss_first": recipes[k]["sft"]["result"]["losses"][0],
+            "loss_last": recipes[k]["sft"]["result"]["losses"][-1],
+        }
+        for k in seeds
+        if "sft" in recipes[k]
+    }
+    cost = {
+        str(k): {
+            st: {"seconds": r.get("seconds"), "peak_rss_bytes": r.get("peak_rss_bytes"), "skipped": r.get("skipped")}
+            for st, r in recipes[k].items()
+        }
+        for k in seeds
+    }
+    outcomes = {
+        str(k): {st: recipes[k][st]["result"]["outcomes"] for st in STAGE_LABELS if st in recipes[k]} for k in seeds
+    }
+    return {"stages": evaluated, "sft": sft, "cost": cost, "outcomes": outcomes}
+
+
+def recipe_tables(recipe: dict[str, Any], metric: str, seeds: list[int]) -> dict[str, str]:
+    """One before/after table per decoding and split, plus a line of SFT demonstration counts."""
+    tables: dict[str, str] = {}
+    for label, by_stage in recipe["stages"].items():
+        splits = list(dict.fromkeys(sp for agg in by_stage.values() for sp in agg))
+        for split in splits:
+            cols = {st: agg[split] for st, agg in by_stage.items() if split in agg}
+            title = f"before / after training · {split} · {label} · {metric} · seeds {', '.join(map(str, seeds))}"
+            tables[title] = R.stage_table(cols, metric)
+    lines = [
+        f"seed {k}: kept {v['kept']} of {v['demos']} demonstrations ({v['demonstrator']}); "
+        f"SFT loss {v['loss_first']:.3f} -> {v['loss_last']:.3f} over {v['optimizer_steps']} steps"
+        for k, v in recipe["sft"].items()
+    ]
+    if lines:
+        tables["SFT warm start"] = "\n".join(lines) + "\n"
+    return tables
+
+
+def stage_curve(recipe: dict[str, Any], curves: dict[str, list]) -> list[tuple[int, str, dict[str, float]]]:
+    """Points of :func:`~stepgym.trainers.report.plot_stage_curve`: stage evaluations, then periodic RL ones."""
+    greedy = recipe["stages"].get("greedy") or next(iter(recipe["stages"].values()), {})
+    points = []
+    final_x = 1
+    for rows in curves.values():
+        final_x = max([final_x, *(1 + int(r["step"]) for r in rows if "step" in r)])
+    for stage, x in (("before training", 0), ("after SFT", 1), ("after training", final_x)):
+        agg = greedy.get(stage, {})
+        for split in agg:
+            points.append((x, "greedy", {sub: r["mean"] for sub, r in agg[split].items()}))
+            break  # the first split: the held-out one the curve is about
+    periodic: dict[int, dict[str, list[float]]] = {}
+    for rows in curves.values():
+        for r in rows:
+            for key, v in r.items():
+                if key.startswith("eval/") and key.endswith("/success") and isinstance(v, (int, float)):
+                    periodic.setdefault(1 + int(r["step"]), {}).setdefault(key.split("/")[1], []).append(float(v))
+    for x, subs in sorted(periodic.items()):
+        points.append((x, "periodic", {sub: sum(v) / len(v) for sub, v in subs.items()}))
+    return points
+
+
+def run_arms(
+    exp: ExperimentConfig, preset: P.Preset, env_id: str, out: Path, seeds: list[int], progress: bool
+) -> ExperimentResult:
+    """Run each credit method of ``preset.arms`` from the same SFT warm start, then compare them with CIs.
+
+    Arm ``m`` trains in ``out/m/seed<k>``; the stages before RL live once in ``out/seed<k>/recipe`` (their
+    keys hold no credit setting), so both arms start from the very same weights and are compared on the
+    very same questions. ``out/comparison.md`` / ``comparison.json`` hold the paired bootstrap CIs.
+    """
+    results: dict[str, ExperimentResult] = {}
+    status: Literal["complete", "interrupted"] = "complete"
+    for method in preset.arms:
+        logger.info("arm %s of %s (same seeds %s, budget and warm start)", method, ", ".join(preset.arms), seeds)
+        arm = exp.model_copy(
+            update={
+                "out": str(out / method),
+                "seeds": tuple(seeds),
+                "overrides": {**exp.overrides, "credit": method},
+                "recipe_dir": str(out),
+            }
+        )
+        results[method] = run_experiment(arm, progress=progress)
+        if results[method].status == "interrupted":
+            status = "interrupted"
+            break
+    metric = R.metric_name(env_id)
+    summary = arm_comparison({m: r.summary for m, r in results.items()})
+    summary.update(status=status, env_id=env_id, preset=exp.preset, seeds=seeds, arms=list(results))
+    text = "\n".join(
+        [f"# {env_id} · preset {exp.preset} · arms {', '.join(results)} · seeds {', '.join(map(str, seeds))}", ""]
+        + [f"## {m}\n\n{r.table}" for m, r in results.items()]
+        + ["## paired bootstrap 95% CIs (pairs: the same question and seed)", "", comparison_table(summary, metric)]
+    )
+    (out / "comparison.md").write_text(text)
+    files = (R.write_json(out / "comparison.json", summary), out / "comparison.md")
+    return ExperimentResult(out=out, status=status, summary=summary, table=text, files=files)
+
+
+def _paired(per_seed_a: dict[str, Any], per_seed_b: dict[str, Any], tasks: list[str]) -> tuple[list[float], ...]:
+    """Outcomes of the same (seed, task) pairs in two ``{seed: {task: outcome}}`` maps."""
+    a, b = [], []
+    for seed, outcomes in per_seed_a.items():
+        other = per_seed_b.get(seed, {})
+        for t in tasks:
+            if t in outcomes and t in other:
+                a.append(float(outcomes[t]))
+                b.append(float(other[t]))
+    return a, b
+
+
+def arm_comparison(summaries: dict[str, dict[str, Any]], label: str = "greedy") -> dict[str, Any]:
+    """Per subset and overall: each arm's RL-minus-SFT and last-arm-minus-first-arm, with paired bootstrap CIs."""
+    arms = list(summaries)
+    outcomes: dict[str, dict[str, dict[str, Any]]] = {}  # arm -> stage -> seed -> {task: outcome}
+    for arm, summ in summaries.items():
+        for seed, by_stage in summ.get("recipe", {}).get("outcomes", {}).items():
+            for stage, by_label in by_stage.items():
+                merged = {t: v for tasks in by_label.get(label, {}).values() for t, v in tasks.items()}
+                outcomes.setdefault(arm, {}).setdefault(stage, {})[seed] = merged
+    plan = next(iter(summaries.values())).get("recipe", {}).get("plan", {})
+    split = next(iter(plan), None)  # the first split: the held-out one the recipe reports
+    subsets = {sub: [str(t) for t in tasks] for sub, tasks in (plan.get(split, {}) if split else {}).items()}
+    subsets["all"] = [t for tasks in list(subsets.values()) for t in tasks]
+    rows: dict[str, dict[str, Any]] = {}
+    for sub, tasks in subsets.items():
+        row: dict[str, Any] = {}
+        for arm in arms:
+            final, sft = outcomes.get(arm, {}).get("final", {}), outcomes.get(arm, {}).get("sft_eval", {})
+            a, b = _paired(final, sft, tasks)
+            if a:
+                row[f"{arm} - SFT"] = dict(zip(("diff", "lo", "hi"), R.paired_bootstrap_ci(a, b), strict=True))
+                row[f"{arm} - SFT"].update(pairs=len(a), rl=sum(a) / len(a), sft=sum(b) / len(b))
+        if len(arms) >= 2:
+            a, b = _paired(
+                outcomes.get(arms[-1], {}).get("final", {}), outcomes.get(arms[0], {}).get("final", {}), tasks
+            )
+            if a:
+                key = f"{arms[-1]} - {arms[0]}"
+                row[key] = dict(zip(("diff", "lo", "hi"), R.paired_bootstrap_ci(a, b), strict=True)) | {"pairs": len(a)}
+        rows[sub] = row
+    return {"comparison": rows, "decoding": label}
+
+
+def comparison_table(summary: dict[str, Any], metric: str) -> str:
+    """Markdown: a row per subset (``all`` last), a ``diff [lo, hi]`` column per compared pair (percentage points)."""
+    rows = summary["comparison"]
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    head = ["subset", *(f"{k} {metric} pp [95% CI]" for k in keys), "pairs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sub, r in rows.items():
+        cells = [f"{100 * r[k]['diff']:+.1f} [{100 * r[k]['lo']:+.1f}, {100 * r[k]['hi']:+.1f}]" if k in r else "-"
+                 for k in keys]  # fmt: skip
+        pairs = next((str(r[k]["pairs"]) for k in keys if k in r), "-")
+        lines.append("| " + " | ".join([f"**{sub}**" if sub == "all" else sub, *cells, pairs]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _evaluate_seed(

@@ -1,4 +1,4 @@
-"""Presets of the main job: the ``smoke`` (2-core CPU, minutes) and ``paper`` (GPU) settings per env.
+"""Presets of the main job: ``smoke`` (2-core CPU, minutes), ``cpu`` (the full recipe, hours) and ``paper`` (GPU).
 
 A preset is a set of :class:`~stepgym.trainers.config.TrainConfig` overrides (nested dicts for the
 sections) plus what the runner does around training: which evaluation splits it reports and how
@@ -25,6 +25,7 @@ __all__ = [
     "env_attribute",
     "env_family",
     "get_preset",
+    "has_preset",
 ]
 
 ENV_ALIASES: dict[str, str] = {
@@ -38,7 +39,7 @@ ENV_ALIASES: dict[str, str] = {
 }
 """Short names accepted by ``--env`` (any registered Gymnasium id works too)."""
 
-PRESETS: tuple[str, ...] = ("smoke", "paper")
+PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class Preset:
     notes: str = ""
     default_model: str | None = None
     """Model used when ``--model`` is not given (``None``: the best small local model)."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds run when ``--seeds`` is not given."""
+    arms: tuple[str, ...] = ()
+    """Credit methods run side by side (same seeds, budget and SFT warm start) when ``--method`` is not given;
+    empty: the one method of ``config["credit"]``."""
 
 
 ENV_FAMILIES: dict[str, str] = {
@@ -124,14 +130,19 @@ _SMOKE: dict[str, Preset] = {
             "layout": "concat",
             "max_turns": 2,
             "max_prompt_tokens": 1536,
-            "sampling": {"max_new_tokens": 32},
+            # a search action copies the question: 48 tokens hold nearly all of them (32 cut many, issue 16)
+            "sampling": {"max_new_tokens": 48},
             "teacher": {"target": "step", "snapshot_interval": 10},
             "eval": {**_SMOKE_COMMON["eval"], "env_kwargs": {"split": "test"}},
+            # the recipe (issue 16): SFT on ~22 kept search-then-answer demonstrations moves EM from 0 at this
+            # budget; the base model never closes a tag, so RL alone has nothing to reinforce
+            "sft": {"enabled": True, "demo_tasks": 48, "epochs": 2, "lr": 1e-4, "batch_size": 4},
         },
         eval_splits=(EvalSplit("test", {"split": "test"}),),
-        eval_tasks_per_subset=3,
-        notes="2 StepOPSD steps (2 questions x 2 rollouts, 2 turns, 32 new tokens per turn, top-2 passages) on the "
-        "NQ+HotpotQA train split, then greedy evaluation of 3 test questions per subset.",
+        eval_tasks_per_subset=5,
+        notes="The short recipe: greedy evaluation of the base model on 5 test questions per subset, SFT on the kept "
+        "search-then-answer demonstrations of 48 NQ+HotpotQA train questions (2 epochs), evaluation, 2 StepOPSD "
+        "steps (2 questions x 2 rollouts, 2 turns, 48 new tokens per turn, top-2 passages), final evaluation.",
     ),
     "alfworld": Preset(
         name="smoke",
@@ -178,6 +189,35 @@ _SMOKE: dict[str, Preset] = {
         eval_splits=(EvalSplit("eval", {}),),
         eval_tasks_per_subset=4,
         notes="2 StepOPSD steps with the env's default kwargs, then 4 tasks per subset (greedy).",
+    ),
+}
+
+# --------------------------------------------------------------------------- cpu: the full recipe on a 2-core CPU
+_CPU: dict[str, Preset] = {
+    "searchqa": Preset(
+        name="cpu",
+        family="searchqa",
+        config={
+            **_SMOKE["searchqa"].config,
+            "total_steps": 20,
+            "group_size": 4,
+            "tasks_per_step": 4,
+            "num_envs": 16,
+            "checkpoint_every": 5,
+            # the same lr and sampling for both arms; 1e-6 (the 3B papers' lr) moves a 135M model by nothing in 20 steps
+            "optim": {"lr": 1e-5},
+            "sampling": {"max_new_tokens": 48, "temperature": 1.0},
+            # greedy periodic evaluation on the final plan's questions, so the curve and the table agree
+            "eval": {"every": 5, "temperature": 0.0, "tasks_per_subset": 30, "env_kwargs": {"split": "test"}},
+            "sft": {"enabled": True, "demo_tasks": 256, "epochs": 2, "lr": 1e-4, "batch_size": 8},
+        },
+        eval_splits=(EvalSplit("test", {"split": "test"}),),
+        eval_tasks_per_subset=30,
+        seeds=(0, 1, 2),
+        arms=("grpo", "stepopsd"),
+        notes="The full recipe: base / SFT / RL greedy evaluation on 30 test questions of each of the seven subsets; "
+        "SFT on the kept demonstrations of 256 NQ+HotpotQA train questions (2 epochs); then GRPO and StepOPSD arms "
+        "from the same warm start (20 steps of 4 questions x 4 rollouts, lr 1e-5), 3 seeds; paired bootstrap CIs.",
     ),
 }
 
@@ -293,15 +333,26 @@ def _held_out_kwargs(env_id: str) -> dict[str, Any] | None:
         return None
 
 
+def has_preset(name: str, env_id: str) -> bool:
+    """Whether preset ``name`` is defined for ``env_id``'s family (``cpu`` is not, for every family)."""
+    table = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}.get(name, {})
+    return env_family(env_id) in table
+
+
 def get_preset(name: str, env_id: str) -> Preset:
     """The preset ``name`` for ``env_id`` (a deep copy: callers may edit it).
 
     Raises:
-        ValueError: Unknown preset name.
+        ValueError: Unknown preset name, or a preset not defined for the env's family.
     """
-    table = {"smoke": _SMOKE, "paper": _PAPER}.get(name)
+    table = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}.get(name)
     if table is None:
         raise ValueError(f"unknown preset {name!r}; use one of {list(PRESETS)}")
+    if env_family(env_id) not in table:
+        raise ValueError(
+            f"preset {name!r} is defined for the {', '.join(sorted(table))} env family only, not for {env_id} "
+            f"({env_family(env_id)}); use --preset smoke or paper (ALFWorld's recipe: benchmarks/alfworld_recipe.py)"
+        )
     preset = copy.deepcopy(table[env_family(env_id)])
     held_out = _held_out_kwargs(env_id) if preset.family == "generic" else None
     if held_out:

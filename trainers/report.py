@@ -26,10 +26,15 @@ __all__ = [
     "git_commit",
     "hardware",
     "metric_name",
+    "paired_bootstrap_ci",
     "plot_curves",
+    "plot_stage_curve",
     "read_metrics",
+    "render_episode",
     "results_table",
+    "stage_table",
     "write_json",
+    "write_samples",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,9 +322,19 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Pat
     import matplotlib.pyplot as plt
 
     panels = [("rollout/score", "reward (trajectory score)"), ("rollout/success", "success (training rollouts)")]
+    # the recipe's diagnostics, where the rollouts logged them (issue 16): is the model writing valid steps,
+    # how much does it write, and do its groups have mixed outcomes (GRPO learns nothing from all-equal ones)
+    for key, label in (
+        ("rollout/invalid_action_rate", "invalid-step share"),
+        ("rollout/response_tokens", "response length (tokens / episode)"),
+        ("rollout/all_equal_groups", "all-equal groups share"),
+    ):
+        if any(key in r for rows in runs.values() for r in rows):
+            panels.append((key, label))
     eval_keys = sorted({k for rows in runs.values() for r in rows for k in r if k.startswith("eval/")})
     eval_success = [k for k in eval_keys if k.endswith("/success")]
-    fig, axes = plt.subplots(1, 2 + bool(eval_success), figsize=(4.2 * (2 + bool(eval_success)), 3.2), dpi=80)
+    n_axes = len(panels) + bool(eval_success)
+    fig, axes = plt.subplots(1, n_axes, figsize=(4.2 * n_axes, 3.2), dpi=80)
     for ax, (key, label) in zip(axes, panels, strict=False):
         _plot_key(ax, runs, key)
         ax.set_title(label, fontsize=10)
@@ -365,3 +380,143 @@ def _plot_key(
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+# =========================================================================== the recipe's report (issue 16)
+def stage_table(stages: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: str) -> str:
+    """Markdown table: a row per subset (``avg`` last), one column per stage (e.g. *before training*, *after training*).
+
+    Args:
+        stages: ``{stage label: {subset: aggregate row}}`` (one split of :func:`aggregate` per stage).
+        metric: Headline metric name for the header.
+    """
+    labels = list(stages)
+    subsets = list(dict.fromkeys(k for lab in labels for k in stages[lab] if k != AVG))
+    subsets += [AVG] if len(subsets) != 1 else []
+    seeds = max((r["seeds"] for lab in labels for r in stages[lab].values()), default=0)
+    spread = seeds > 1
+    head = ["subset", *(f"{lab} {metric} %" + (" (mean ± std)" if spread else "") for lab in labels), "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sub in subsets:
+        row = [f"**{sub}**" if sub == AVG else sub]
+        n = "-"
+        for lab in labels:
+            r = stages[lab].get(sub)
+            if r is None:
+                row.append("-")
+                continue
+            row.append(f"{_pct(r['mean'])} ± {_pct(r['std'])}" if spread else _pct(r["mean"]))
+            n = str(r["n"])
+        lines.append("| " + " | ".join([*row, n]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_episode(traj: Any, metric: str = "success") -> str:
+    """One episode as Markdown: what the agent saw, what it wrote, what the env answered, the outcome.
+
+    Each step shows the observation before the action (the first one is the task) and the model's raw
+    text, marked when the env found no valid action in it -- the first thing to read when a run fails.
+    """
+    lines = [
+        f"### {traj.task_id} -- {metric} {traj.outcome:g} ({'success' if traj.success else 'failure'}"
+        f"{', truncated' if traj.truncated else ''}), {traj.num_steps} step(s)",
+        "",
+    ]
+    for st in traj.steps:
+        lines += [f"**observation {st.index}**", "", "```text", st.observation.strip(), "```", ""]
+        flag = "" if st.valid else " -- INVALID (no parsable action)"
+        lines += [f"**model, step {st.index}**{flag}", "", "```text", st.action_text, "```", ""]
+    return "\n".join(lines)
+
+
+def write_samples(folder: str | Path, trajectories: Sequence[Any], *, per_subset: int, metric: str) -> list[Path]:
+    """``folder/<subset>.md`` with the first ``per_subset`` episodes of each subset (in the given order)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    by: dict[str, list[Any]] = {}
+    for t in trajectories:
+        by.setdefault(str(t.subset or "all"), []).append(t)
+    paths = []
+    for subset, trajs in by.items():
+        chosen = trajs[:per_subset]
+        won = sum(t.success for t in trajs)
+        text = [f"# {subset}: {len(chosen)} of {len(trajs)} evaluated episodes ({won} successful)", ""]
+        text += [render_episode(t, metric) for t in chosen]
+        path = folder / f"{subset.replace('/', '_')}.md"
+        path.write_text("\n".join(text))
+        paths.append(path)
+    return paths
+
+
+def plot_stage_curve(
+    points: Sequence[tuple[int, str, Mapping[str, float]]], path: str | Path, *, metric: str, title: str = ""
+) -> Path | None:
+    """Held-out evaluation through the recipe: x = 0 base model, 1 after SFT, 1 + t after RL step t.
+
+    Args:
+        points: ``(x, series, {subset: value})`` per evaluation, values as fractions (means over seeds);
+            ``series`` groups points into lines (``"greedy"``, ``"periodic"``...). The ``avg`` key is drawn thick.
+        path: Output PNG.
+        metric: Headline metric name (y label).
+        title: Figure title.
+
+    Returns:
+        The PNG path, or ``None`` when there is no point.
+    """
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
+    for series in dict.fromkeys(p[1] for p in points):
+        pts = sorted((p for p in points if p[1] == series), key=lambda p: p[0])
+        style = "-" if series == "greedy" else ":"
+        subsets = list(dict.fromkeys(k for p in pts for k in p[2]))
+        for sub in subsets:
+            xy = [(x, 100 * v[sub]) for x, _, v in pts if sub in v]
+            thick = sub == AVG
+            label = sub if series == "greedy" else f"{sub} ({series})"
+            xs, ys = [a for a, _ in xy], [b for _, b in xy]
+            ax.plot(xs, ys, style, marker="o", lw=2.4 if thick else 0.9, alpha=1.0 if thick else 0.6, label=label)
+    ax.axvline(1, color="grey", lw=0.8, ls="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: {0: "base", 1: "SFT"}.get(int(x), f"RL {int(x) - 1}")))
+    ax.set_xlabel("stage (base model, after SFT, after RL step t)")
+    ax.set_ylabel(f"held-out {metric} %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float], b: Sequence[float], *, n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired items and its percentile bootstrap CI (Efron & Tibshirani 1993, ch. 13).
+
+    Pairs (e.g. the same question and seed, evaluated after RL and after SFT) are resampled with
+    replacement ``n_boot`` times; the CI is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
+    the resampled means.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length or are empty.
+    """
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired samples need equal, non-zero lengths; got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # [N]
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)  # [n_boot]
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)

@@ -122,6 +122,10 @@ def collect_demonstrations(
     seed: int = 0,
     stop: Sequence[str] = ("</action>",),
     num_envs: int = 8,
+    max_new_tokens: int = 64,
+    max_prompt_tokens: int | None = None,
+    max_total_tokens: int | None = None,
+    instructions: str | None = None,
 ) -> list[Trajectory]:
     """Roll out a scripted :class:`~stepgym.agents.scripted.TextAgent` into token-level trajectories.
 
@@ -137,6 +141,10 @@ def collect_demonstrations(
         seed: Reset seed of the first episode.
         stop: Stop strings (the action text is cut after the first).
         num_envs: Envs in the in-process pool.
+        max_new_tokens: Most tokens of one action (longer ones are cut, as RL's sampling would).
+        max_prompt_tokens: Prompt cap, as in training (``None``: no cap).
+        max_total_tokens: Trajectory token cap, as in training (``None``: no cap).
+        instructions: Text that starts the first prompt (``None``: the env's ``protocol``), as in training.
     """
     from stepgym.agents.policy import SamplingParams
     from stepgym.agents.render import ChatRenderer
@@ -153,8 +161,11 @@ def collect_demonstrations(
             group_size=group_size,
             layout=layout,  # type: ignore[arg-type]
             renderer=ChatRenderer(tokenizer),
-            sampling=SamplingParams(max_new_tokens=64, temperature=0.0, stop=tuple(stop)),
+            sampling=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop)),
             max_turns=max_turns,
+            max_prompt_tokens=max_prompt_tokens,
+            max_total_tokens=max_total_tokens,
+            instructions=instructions,
             seed=seed,
         )
     finally:

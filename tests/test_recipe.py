@@ -1,0 +1,235 @@
+"""The recipe of issue 16: demonstrations and their keep-filter, SFT on them, the resumable stages, the report.
+
+Everything runs the tiny random-init model (``load_model("tiny")``) on the real Search-QA data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("pyserini")
+
+from stepgym.agents.demos import (  # noqa: E402
+    Demonstrator,
+    get_demonstrator,
+    register_demonstrator,
+    searchqa_supported,
+)
+from stepgym.agents.rollout import rollout_metrics  # noqa: E402
+from stepgym.envs.records import StepRecord, Trajectory  # noqa: E402
+from stepgym.trainers import experiment as X  # noqa: E402
+from stepgym.trainers import report as R  # noqa: E402
+
+QA = "stepgym/SearchQA-v0"
+QA_TRAIN = {"split": "train", "retriever": "bm25", "max_turns": 2, "topk": 2}
+INFO = '<information>Doc 1(Title: "Paris") Paris is the capital and largest city of France.</information>'
+
+
+def _qa_traj(answer: str, *, success: bool, info: str = INFO, group: str = "g", outcome: float | None = None):
+    steps = [
+        StepRecord(index=0, observation="Question: capital of france?", action_text="<search>capital</search>",
+                   action="capital", valid=True, reward=0.0, terminated=False, truncated=False),
+        StepRecord(index=1, observation=info, action_text=f"<answer>{answer}</answer>", action=answer, valid=True,
+                   reward=float(success), terminated=True, truncated=False),
+    ]  # fmt: skip
+    score = float(success) if outcome is None else outcome
+    return Trajectory(env_id=QA, task_id="nq/x", subset="nq", group_id=group, steps=steps, outcome=score,
+                      success=success, truncated=False)  # fmt: skip
+
+
+def _train_questions(n: int) -> list[str]:
+    from stepgym.trainers.evaluate import task_subsets
+
+    return list(task_subsets(QA, {**QA_TRAIN, "subset": "nq"})["nq"])[:n]
+
+
+# =========================================================================== demonstrations
+def test_searchqa_filter_keeps_only_answers_the_passages_contain():
+    assert searchqa_supported(_qa_traj("Paris", success=True))
+    assert searchqa_supported(_qa_traj("the paris", success=True))  # SQuAD normalisation: article and case
+    # right (the gold) but not in what was retrieved: a guess, dropped
+    assert not searchqa_supported(_qa_traj("Lyon", success=True))
+    # whole words only: "Par" occurs inside "Paris" but is not supported
+    assert not searchqa_supported(_qa_traj("Par", success=True))
+    # supported but wrong (not the gold): dropped
+    assert not searchqa_supported(_qa_traj("Paris", success=False))
+    # no search at all: nothing retrieved supports the answer
+    assert not searchqa_supported(_qa_traj("Paris", success=True, info="Invalid action: ..."))
+
+
+def test_registry_did_you_mean_and_no_silent_overwrite():
+    d = get_demonstrator(QA)
+    with pytest.raises(KeyError, match=r"no demonstrator for env 'stepgym/SearchQA-v1'; did you mean 'stepgym/Sear"):
+        get_demonstrator("stepgym/SearchQA-v1")
+    with pytest.raises(ValueError, match="already has a demonstrator; pass overwrite=True"):
+        register_demonstrator(QA, Demonstrator(make_agent=d.make_agent, keep=d.keep))
+    assert register_demonstrator(QA, d, overwrite=True) is d
+
+
+def test_searchqa_demonstrations_on_train_questions_are_filtered_by_retrieval(tmp_path):
+    from stepgym.agents.models import build_tiny_tokenizer
+    from stepgym.envs.searchqa.metrics import normalize_answer
+    from stepgym.trainers.sft import collect_demonstrations
+
+    d = get_demonstrator(QA)
+    tok = build_tiny_tokenizer()
+    tasks = _train_questions(8)
+    demos = collect_demonstrations(QA, d.make_agent, tok, tasks, env_kwargs=QA_TRAIN, layout="concat", max_turns=2,
+                                   stop=("</search>", "</answer>"), max_new_tokens=512)  # fmt: skip
+    assert len(demos) == 8 and all(t.success for t in demos)  # the agent always answers a gold alias
+    kept = [t for t in demos if d.keep(t)]
+    assert 0 < len(kept) < 8  # top-2 BM25 passages hold the answer for some NQ questions, not all
+    for t in demos:
+        supported = normalize_answer(t.steps[-1].action) in normalize_answer(t.steps[-1].observation)
+        assert d.keep(t) == supported
+        assert t.steps[0].action_text.startswith("<search>") and t.steps[-1].action_text.startswith("<answer>")
+
+
+# =========================================================================== SFT on demonstrations
+def test_sft_on_demos_lowers_the_loss_and_makes_greedy_actions_parse():
+    import torch
+    from stepgym.agents.models import load_model
+    from stepgym.trainers.runner import evaluate_model
+    from stepgym.trainers.sft import collect_demonstrations, sft_train
+
+    torch.manual_seed(0)
+    model, tok = load_model("tiny", seed=0)
+    d = get_demonstrator(QA)
+    one = {**QA_TRAIN, "topk": 1}  # short rows: one passage
+    train = _train_questions(2)
+    demos = collect_demonstrations(QA, d.make_agent, tok, train, env_kwargs=one, layout="concat", max_turns=2,
+                                   stop=("</search>", "</answer>"), max_new_tokens=64, num_envs=2)  # fmt: skip
+    cfg = X.build_config({"model": "tiny", "env_id": QA, "env_kwargs": one, "layout": "concat", "max_turns": 2,
+                          "sampling": {"max_new_tokens": 64}, "num_envs": 2})  # fmt: skip
+    tasks = {"nq": train}  # the tasks it was trained on: this checks the format is learnt, not generalisation
+
+    def invalid_share() -> float:
+        res, _ = evaluate_model(cfg, model, tok, tasks, temperature=0.0)
+        return res["nq"].invalid_rate
+
+    before = invalid_share()
+    losses = sft_train(model, demos, epochs=30, lr=3e-3, batch_size=2, seed=0, pad_token_id=tok.pad_token_id)
+    after = invalid_share()
+    # random init writes no tags (every step invalid); after SFT it writes <search>...</search> at least
+    assert before == 1.0
+    assert after <= 0.5, (before, after)
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+# =========================================================================== the recipe end to end
+def _recipe_exp(out: Path) -> X.ExperimentConfig:
+    return X.ExperimentConfig(
+        env="searchqa",
+        model="tiny",
+        out=str(out),
+        eval_tasks=1,
+        overrides={
+            "total_steps": 1,
+            "group_size": 2,
+            "sampling": {"max_new_tokens": 48},
+            "sft": {"enabled": True, "demo_tasks": 8, "epochs": 1, "batch_size": 4, "lr": 1e-3},
+        },
+    )
+
+
+def test_recipe_runs_every_stage_writes_the_report_and_a_rerun_skips_them(tmp_path):
+    out = tmp_path / "qa"
+    first = X.run_experiment(_recipe_exp(out), progress=False)
+    assert first.status == "complete"
+    seed = out / "seed0"
+    for stage in ("base", "sft", "sft_eval", "rl", "final"):
+        assert (seed / "recipe" / f"{stage}.json").is_file(), stage
+    assert (seed / "recipe" / "sft-model" / "config.json").is_file()
+    # the table: before / after SFT / after training per subset, the average last, and the demo counts
+    table = (out / "table.md").read_text()
+    assert "| subset | before training EM % | after SFT EM % | after training EM % | n |" in table
+    for sub in ("nq", "bamboogle", "**avg**"):
+        assert f"| {sub} | " in table
+    sft = json.loads((seed / "recipe" / "sft.json").read_text())["result"]
+    assert f"kept {sft['kept']} of 8 demonstrations" in table and 0 < sft["kept"] <= 8
+    assert sft["optimizer_steps"] == -(-sft["rows"] // 4)  # ceil(rows / batch 4), one epoch
+    # sample episodes: one file per subset and stage, each showing what the model wrote
+    for stage in ("base", "sft_eval", "final"):
+        nq = seed / "samples" / stage / "test-greedy" / "nq.md"
+        assert nq.is_file() and "**model, step 0**" in nq.read_text()
+    assert (out / "eval_curve.png").stat().st_size > 1000 and (out / "curves.png").is_file()
+    res = json.loads((out / "results.json").read_text())
+    stages = res["recipe"]["stages"]["greedy"]
+    assert list(stages) == ["before training", "after SFT", "after training"]
+    assert stages["after training"]["test"] == res["results"]["greedy"]["test"]  # the final column is the result
+    assert set(res["recipe"]["cost"]["0"]) == {"base", "sft", "sft_eval", "rl", "final"}
+    assert all(v["peak_rss_bytes"] and v["peak_rss_bytes"] > 0 for v in res["recipe"]["cost"]["0"].values())
+    # per-question outcomes of each stage, for paired CIs
+    assert len(res["recipe"]["outcomes"]["0"]["final"]["greedy"]["test"]) == 7
+    metrics = R.read_metrics(seed / "metrics.jsonl")
+    assert {"rollout/all_equal_groups", "rollout/response_tokens", "rollout/invalid_action_rate"} <= set(metrics[0])
+
+    # rerun: every stage is skipped (files untouched), the same numbers come back
+    stamps = {p.name: p.stat().st_mtime_ns for p in (seed / "recipe").glob("*.json") if p.name != "rl.json"}
+    again = X.run_experiment(_recipe_exp(out), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (seed / "recipe").glob("*.json") if p.name != "rl.json"} == stamps
+    assert again.summary["results"] == first.summary["results"]
+    assert all(v["skipped"] for v in again.summary["recipe"]["cost"]["0"].values())
+
+
+def test_recipe_stage_with_other_settings_is_recomputed(tmp_path, caplog):
+    from stepgym.trainers.recipe import _Stages
+
+    stages = _Stages(tmp_path)
+    calls = []
+    first = stages.run("base", {"a": 1}, lambda: calls.append(1) or {"x": 1})
+    again = stages.run("base", {"a": 1}, lambda: calls.append(2) or {"x": 2})
+    assert calls == [1] and first["result"] == again["result"] == {"x": 1} and again["skipped"]
+    other = stages.run("base", {"a": 2}, lambda: calls.append(3) or {"x": 3})
+    assert calls == [1, 3] and other["result"] == {"x": 3}
+    assert "made with other settings" in caplog.text
+
+
+# =========================================================================== report pieces
+def test_rollout_metrics_all_equal_groups_and_response_tokens():
+    # groups g1 = (1, 0): mixed; g2 = (0, 0): all equal; g3 = one member: not counted -> 1 of 2 groups
+    trajs = [_qa_traj("Paris", success=True, group="g1"), _qa_traj("Lyon", success=False, group="g1"),
+             _qa_traj("Lyon", success=False, group="g2"), _qa_traj("Lyon", success=False, group="g2"),
+             _qa_traj("Paris", success=True, group="g3")]  # fmt: skip
+    m = rollout_metrics(trajs)
+    assert m["rollout/all_equal_groups"] == 0.5
+    assert m["rollout/response_tokens"] == 0.0  # hand-made records carry no token rows
+
+
+def test_paired_bootstrap_ci_numbers():
+    # a constant difference: every resample has the same mean, so the CI is that point
+    assert R.paired_bootstrap_ci([1.0, 1.0, 0.0], [0.0, 0.0, -1.0]) == (1.0, 1.0, 1.0)
+    # d = (1, 0, 0, 0) x 25: mean 0.25; the resampled means are binomial(100, .25)/100: sd sqrt(.25*.75/100) = .043,
+    # so the 95% CI is about .25 +- 1.96 * .043 = (.165, .335)
+    mean, lo, hi = R.paired_bootstrap_ci([1.0, 0.0, 0.0, 0.0] * 25, [0.0] * 100, n_boot=4000, seed=1)
+    assert mean == 0.25 and 0.15 < lo < 0.18 and 0.32 < hi < 0.35
+    with pytest.raises(ValueError, match="equal, non-zero lengths; got 2 and 1"):
+        R.paired_bootstrap_ci([1.0, 0.0], [1.0])
+
+
+def test_stage_table_and_rendered_episode():
+    agg = {"nq": {"mean": 0.0, "std": 0.0, "n": 5, "seeds": 1}, "avg": {"mean": 0.0, "std": 0.0, "n": 5, "seeds": 1}}
+    after = {"nq": {"mean": 0.4, "std": 0.0, "n": 5, "seeds": 1}, "avg": {"mean": 0.4, "std": 0.0, "n": 5, "seeds": 1}}
+    table = R.stage_table({"before training": agg, "after training": after}, "EM")
+    assert "| nq | 0.0 | 40.0 | 5 |" in table and "| subset | before training EM % | after training EM % | n |" in table
+    text = R.render_episode(_qa_traj("Lyon", success=False), "EM")
+    assert "### nq/x -- EM 0 (failure), 2 step(s)" in text and "<answer>Lyon</answer>" in text and INFO in text
+
+
+@pytest.mark.skipif(os.environ.get("STEPGYM_DATA") is None, reason="needs the data folder")
+def test_demonstrations_come_from_the_training_split_only():
+    # the Search-QA train and test splits share no question, and the smoke preset's demos use env_kwargs (train)
+    from stepgym.trainers import presets as P
+    from stepgym.trainers.evaluate import task_subsets
+
+    preset = P.get_preset("smoke", QA)
+    assert preset.config["env_kwargs"]["split"] == "train" and preset.config["sft"]["enabled"]
+    both = ["nq", "hotpotqa"]
+    train = {t for v in task_subsets(QA, {**QA_TRAIN, "subset": both}).values() for t in v}
+    test = {t for v in task_subsets(QA, {**QA_TRAIN, "split": "test", "subset": both}).values() for t in v}
+    assert train and test and not train & test
