@@ -65,7 +65,7 @@ def peak_rss_mb() -> float | None:
     return None
 
 
-def stage(out: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def stage(out: Path, name: str, fn: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Run ``fn`` once: its result, wall time and peak RSS go to ``<out>/<name>.json`` (reused on rerun)."""
     path = out / f"{name}.json"
     if path.is_file():
@@ -75,6 +75,7 @@ def stage(out: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, A
     t0 = time.perf_counter()
     result = fn()
     record = {"stage": name, **result, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+    record["args"] = vars(args)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
@@ -341,28 +342,28 @@ def main() -> None:
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
     records: dict[str, dict[str, Any]] = {}
     if "demos" in args.stages:
-        records["demos"] = stage(out, "demos", lambda: make_demos(args, out))
+        records["demos"] = stage(out, "demos", lambda: make_demos(args, out), args)
     if "sft_time" in args.stages:
-        records["sft_time"] = stage(out, "sft_time", lambda: run_sft(args, out, epochs=0.05))
+        records["sft_time"] = stage(out, "sft_time", lambda: run_sft(args, out, epochs=0.05), args)
     if "base" in args.stages:
-        records["base"] = stage(out, "base", lambda: eval_model_dir(args, args.model))
+        records["base"] = stage(out, "base", lambda: eval_model_dir(args, args.model), args)
     if "sft" in args.stages:
-        records["sft"] = stage(out, "sft", lambda: run_sft(args, out, epochs=args.sft_epochs))
+        records["sft"] = stage(out, "sft", lambda: run_sft(args, out, epochs=args.sft_epochs), args)
     if "sft_eval" in args.stages:
-        records["sft_eval"] = stage(out, "sft_eval", lambda: eval_model_dir(args, str(out / "sft-model")))
+        records["sft_eval"] = stage(out, "sft_eval", lambda: eval_model_dir(args, str(out / "sft-model")), args)
     if "rl" in args.stages:
         from stepgym.trainers.runner import load_checkpoint_model
 
         for seed in args.seeds:
             for arm in args.arms:
-                rl = stage(out, f"rl-{arm}-s{seed}", lambda arm=arm, seed=seed: run_rl(args, out, arm, seed))
+                rl = stage(out, f"rl-{arm}-s{seed}", lambda arm=arm, seed=seed: run_rl(args, out, arm, seed), args)
                 records[f"rl-{arm}-s{seed}"] = rl
 
                 def final(rl: dict[str, Any] = rl) -> dict[str, Any]:
                     model, tok, _ = load_checkpoint_model(rl["checkpoint"])
                     return run_eval(args, model, tok)
 
-                records[f"final-{arm}-s{seed}"] = stage(out, f"final-{arm}-s{seed}", final)
+                records[f"final-{arm}-s{seed}"] = stage(out, f"final-{arm}-s{seed}", final, args)
     for name, r in records.items():
         rss = r.get("peak_rss_mb")
         print(f"{name}: {r['seconds']:.0f} s, peak RSS {rss if rss is None else round(rss)} MiB")

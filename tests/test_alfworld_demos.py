@@ -111,3 +111,32 @@ def test_keep_filter_drops_lost_truncated_and_invalid_episodes(games, tok):
     assert [d.success for d in spoilt] == [True, True]
     assert [d.steps[0].valid for d in spoilt] == [False, False]
     assert [won_cleanly(d) for d in spoilt] == [False, False]
+
+
+def test_recipe_uses_the_registered_walkthrough_demonstrator_on_train_games(tmp_path):
+    # the cpu preset's SFT stage (trainers/recipe.py) on two train games with the tiny model: the registered
+    # demonstrator plays them, its filter keeps both, and a warm-started model is saved
+    from stepgym.agents.demos import get_demonstrator
+    from stepgym.trainers import presets as P
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.recipe import sft_stage
+
+    demonstrator = get_demonstrator(ENV_ID)
+    assert isinstance(demonstrator.make_agent(0), WalkthroughAgent) and demonstrator.keep is won_cleanly
+    preset = P.get_preset("cpu", ENV_ID)
+    assert preset.config["env_kwargs"]["split"] == "train" and preset.config["sft"]["enabled"]
+    assert [s.env_kwargs["split"] for s in preset.eval_splits] == ["valid_unseen"]
+    cfg = TrainConfig(
+        **{**preset.config, "num_envs": 2, "sft": {**preset.config["sft"], "demo_tasks": 2, "batch_size": 2}},
+        model="tiny",
+        env_id=ENV_ID,
+        output_dir=str(tmp_path),
+    )
+    out = sft_stage(cfg, tmp_path / "sft-model")
+    assert (out["demos"], out["kept"]) == (2, 2) and sum(out["kept_by_subset"].values()) == 2
+    assert out["optimizer_steps"] == 1 and (tmp_path / "sft-model" / "config.json").is_file()
+    # an ALFWorld game id names its split: the demonstrations' pool of tasks is valid_train's 200 games
+    from stepgym.trainers.runner import train_task_ids
+
+    train = train_task_ids(cfg)
+    assert len(train) == 200 and all(t.startswith("valid_train/") for t in train)

@@ -95,8 +95,10 @@ def test_overrides_nested_and_typed_and_merged_over_the_preset():
 def test_presets_build_valid_configs_for_every_env_family():
     for env_id in ["stepgym/SearchQA-v0", "stepgym/ALFWorld-v0", "stepgym/Sandbox-Two-v0", "thirdparty/X-v0"]:
         for name in P.PRESETS:
-            if not P.has_preset(name, env_id):  # cpu: the full recipe, Search-QA only (ALFWorld: its own runner)
-                with pytest.raises(ValueError, match=f"preset '{name}' is defined for the searchqa env family only"):
+            if not P.has_preset(name, env_id):  # cpu: the full recipe, Search-QA and ALFWorld only
+                with pytest.raises(
+                    ValueError, match=f"preset '{name}' is defined for the alfworld, searchqa env family"
+                ):
                     P.get_preset(name, env_id)
                 continue
             p = P.get_preset(name, env_id)
