@@ -46,35 +46,19 @@ logger = logging.getLogger("alfworld_recipe")
 
 
 # --------------------------------------------------------------------------- stage bookkeeping
-def reset_peak_rss() -> None:
-    """Reset this process's peak resident set (Linux ``proc(5)``: ``5`` to ``clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident set since the last reset, MiB (``None`` off Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def stage(out: Path, name: str, fn: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Run ``fn`` once: its result, wall time and peak RSS go to ``<out>/<name>.json`` (reused on rerun)."""
     path = out / f"{name}.json"
     if path.is_file():
         logger.info("stage %s: done before (%s)", name, path)
         return json.loads(path.read_text())
+    from stepgym.trainers.recipe import peak_rss_bytes, reset_peak_rss
+
     reset_peak_rss()
     t0 = time.perf_counter()
     result = fn()
-    record = {"stage": name, **result, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+    rss = peak_rss_bytes()
+    record = {"stage": name, **result, "seconds": time.perf_counter() - t0, "peak_rss_mb": rss and rss / 2**20}
     record["args"] = vars(args)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -250,44 +234,32 @@ def eval_model_dir(args: argparse.Namespace, folder: str) -> dict[str, Any]:
 
 
 def run_rl(args: argparse.Namespace, out: Path, arm: str, seed: int) -> dict[str, Any]:
-    """RL from the SFT model with credit ``arm``; logs the all-equal-group share of every step."""
+    """RL from the SFT model with credit ``arm``; keeps the per-step rollout metrics (all-equal-group share...)."""
     from stepgym.trainers.runner import run_training
 
     run_dir = out / f"rl-{arm}-s{seed}"
     config = base_config(
         args, model=str(out / "sft-model"), credit=arm, seed=seed, output_dir=str(run_dir), checkpoint_every=0
     )
-    equal: list[dict[str, float]] = []
-
-    def wrap(rollout: Callable) -> Callable:
-        def counted(model: Any, task_ids: list, step_seed: int) -> list:
-            trajs = rollout(model, task_ids, step_seed)
-            groups: dict[str, list[float]] = {}
-            for t in trajs:
-                groups.setdefault(t.group_id, []).append(t.outcome)
-            equal.append(
-                {
-                    "all_equal_groups": sum(len(set(v)) == 1 for v in groups.values()) / max(len(groups), 1),
-                    "success": sum(t.success for t in trajs) / max(len(trajs), 1),
-                    "invalid": sum(not s.valid for t in trajs for s in t.steps)
-                    / max(sum(t.num_steps for t in trajs), 1),
-                }
-            )
-            return trajs
-
-        return counted
-
     t0 = time.perf_counter()
-    result = run_training(config, wrap_rollout=wrap)
+    result = run_training(config)
     seconds = time.perf_counter() - t0
-    keys = ("rollout/success", "rollout/invalid_action_rate", "time/step", "time/rollout", "time/credit", "time/update")
+    keys = (
+        "rollout/success",
+        "rollout/all_equal_groups",
+        "rollout/invalid_action_rate",
+        "rollout/response_tokens",
+        "time/step",
+        "time/rollout",
+        "time/credit",
+        "time/update",
+    )
     history = [{k: h[k] for k in keys if k in h} for h in result.history]
     return {
         "checkpoint": str(result.checkpoint),
         "final_step": result.final_step,
         "seconds_per_step": seconds / max(len(result.history), 1),
         "history": history,
-        "groups": equal,
     }
 
 
@@ -332,6 +304,7 @@ def main() -> None:
     import stepgym.agents.alfworld_agents
     import stepgym.envs.alfworld
     import stepgym.trainers.evaluate
+    import stepgym.trainers.recipe
     import stepgym.trainers.runner
     import stepgym.trainers.sft  # noqa: F401
     import torch
