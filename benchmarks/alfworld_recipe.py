@@ -167,6 +167,8 @@ def run_sft(args: argparse.Namespace, out: Path, *, epochs: float) -> dict[str, 
 
     demos = load_demos(out)
     torch.manual_seed(args.seed)
+    if args.sft_demos and epochs >= 1:  # the first N kept demonstrations in a seeded order (the CPU budget)
+        demos = random.Random(args.seed).sample(demos, min(args.sft_demos, len(demos)))
     if epochs < 1:  # a timing run: a fraction of the rows, one pass
         demos = random.Random(0).sample(demos, max(args.sft_batch, int(len(demos) * epochs)))
     model, tok = load_model(args.model)
@@ -284,8 +286,9 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=["demos", "base", "sft", "sft_eval", "rl"])
     ap.add_argument("--demo-games", type=int, default=0, help="train games to play (0: all 200)")
     ap.add_argument("--sft-epochs", type=int, default=1)
+    ap.add_argument("--sft-demos", type=int, default=0, help="kept demonstrations to train on (0: all)")
     ap.add_argument("--sft-lr", type=float, default=1e-4)
-    ap.add_argument("--sft-batch", type=int, default=4)
+    ap.add_argument("--sft-batch", type=int, default=2)
     ap.add_argument("--eval-per-type", type=int, default=3)
     ap.add_argument("--max-turns", type=int, default=15)
     ap.add_argument("--max-new-tokens", type=int, default=24)
