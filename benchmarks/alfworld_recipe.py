@@ -182,6 +182,7 @@ def run_sft(args: argparse.Namespace, out: Path, *, epochs: float) -> dict[str, 
         seed=args.seed,
         pad_token_id=tok.pad_token_id or 0,
         schedule="cosine",
+        on_step=lambda k, loss: logger.info("SFT step %d: loss %.3f (%.0f s)", k, loss, time.perf_counter() - t0),
     )
     seconds = time.perf_counter() - t0
     tokens = sum(len(s.ids) for d in demos for s in d.sequences) * max(1, int(epochs))
