@@ -299,6 +299,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="SFT seed")
     ap.add_argument("--rl-steps", type=int, default=2)
     ap.add_argument("--rl-lr", type=float, default=1e-5)
+    ap.add_argument("--skip-final", action="store_true", help="RL stages without their final evaluation (timing)")
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--tasks-per-step", type=int, default=2)
     args = ap.parse_args()
@@ -340,7 +341,8 @@ def main() -> None:
                     model, tok, _ = load_checkpoint_model(rl["checkpoint"])
                     return run_eval(args, model, tok)
 
-                records[f"final-{arm}-s{seed}"] = stage(out, f"final-{arm}-s{seed}", final, args)
+                if not args.skip_final:
+                    records[f"final-{arm}-s{seed}"] = stage(out, f"final-{arm}-s{seed}", final, args)
     for name, r in records.items():
         rss = r.get("peak_rss_mb")
         print(f"{name}: {r['seconds']:.0f} s, peak RSS {rss if rss is None else round(rss)} MiB")
