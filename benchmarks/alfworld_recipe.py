@@ -81,7 +81,7 @@ def base_config(args: argparse.Namespace, **update: Any) -> Any:
         "layout": "concat",
         "max_turns": args.max_turns,
         "max_prompt_tokens": 2048,
-        "sampling": {"max_new_tokens": args.max_new_tokens, "temperature": 1.0, "stop": ["</action>"]},
+        "sampling": {"max_new_tokens": args.max_new_tokens, "temperature": args.rl_temperature, "stop": ["</action>"]},
         "num_envs": args.num_envs,
         "group_size": args.group_size,
         "tasks_per_step": args.tasks_per_step,
@@ -240,7 +240,7 @@ def run_rl(args: argparse.Namespace, out: Path, arm: str, seed: int) -> dict[str
     """RL from the SFT model with credit ``arm``; keeps the per-step rollout metrics (all-equal-group share...)."""
     from stepgym.trainers.runner import run_training
 
-    run_dir = out / f"rl-{arm}-s{seed}"
+    run_dir = out / f"rl-{arm}-s{seed}{args.rl_tag}"
     config = base_config(
         args, model=str(out / "sft-model"), credit=arm, seed=seed, output_dir=str(run_dir), checkpoint_every=0
     )
@@ -299,6 +299,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="SFT seed")
     ap.add_argument("--rl-steps", type=int, default=2)
     ap.add_argument("--rl-lr", type=float, default=1e-5)
+    ap.add_argument("--rl-temperature", type=float, default=1.0, help="RL sampling temperature")
+    ap.add_argument("--rl-tag", default="", help="suffix of the RL stage names (a variant of the same arms)")
     ap.add_argument("--skip-final", action="store_true", help="RL stages without their final evaluation (timing)")
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--tasks-per-step", type=int, default=2)
@@ -334,15 +336,16 @@ def main() -> None:
 
         for seed in args.seeds:
             for arm in args.arms:
-                rl = stage(out, f"rl-{arm}-s{seed}", lambda arm=arm, seed=seed: run_rl(args, out, arm, seed), args)
-                records[f"rl-{arm}-s{seed}"] = rl
+                name = f"{arm}-s{seed}{args.rl_tag}"
+                rl = stage(out, f"rl-{name}", lambda arm=arm, seed=seed: run_rl(args, out, arm, seed), args)
+                records[f"rl-{name}"] = rl
 
                 def final(rl: dict[str, Any] = rl) -> dict[str, Any]:
                     model, tok, _ = load_checkpoint_model(rl["checkpoint"])
                     return run_eval(args, model, tok)
 
                 if not args.skip_final:
-                    records[f"final-{arm}-s{seed}"] = stage(out, f"final-{arm}-s{seed}", final, args)
+                    records[f"final-{name}"] = stage(out, f"final-{name}", final, args)
     for name, r in records.items():
         rss = r.get("peak_rss_mb")
         print(f"{name}: {r['seconds']:.0f} s, peak RSS {rss if rss is None else round(rss)} MiB")
