@@ -233,3 +233,27 @@ def test_demonstrations_come_from_the_training_split_only():
     train = {t for v in task_subsets(QA, {**QA_TRAIN, "subset": both}).values() for t in v}
     test = {t for v in task_subsets(QA, {**QA_TRAIN, "split": "test", "subset": both}).values() for t in v}
     assert train and test and not train & test
+
+
+def test_arm_comparison_pairs_the_same_questions_and_seeds():
+    plan = {"test": {"nq": ["nq/1", "nq/2"], "popqa": ["popqa/1", "popqa/2"]}}
+
+    def summary(sft: list[float], final: list[float]) -> dict:
+        ids = ["nq/1", "nq/2", "popqa/1", "popqa/2"]
+        per_seed = {
+            "sft_eval": {"greedy": {"test": dict(zip(ids, sft, strict=True))}},
+            "final": {"greedy": {"test": dict(zip(ids, final, strict=True))}},
+        }
+        return {"recipe": {"outcomes": {"0": per_seed}, "plan": plan}}
+
+    # the same warm start in both arms; grpo gains nq/1 only, stepopsd gains nq/1 and popqa/1
+    res = X.arm_comparison(
+        {"grpo": summary([0, 0, 0, 1], [1, 0, 0, 1]), "stepopsd": summary([0, 0, 0, 1], [1, 0, 1, 1])}
+    )
+    rows = res["comparison"]
+    assert rows["nq"]["grpo - SFT"]["diff"] == 0.5 and rows["popqa"]["grpo - SFT"]["diff"] == 0.0
+    assert rows["popqa"]["grpo - SFT"]["lo"] == rows["popqa"]["grpo - SFT"]["hi"] == 0.0  # no change: a point CI
+    assert rows["all"]["stepopsd - SFT"]["diff"] == 0.5 and rows["all"]["stepopsd - SFT"]["pairs"] == 4
+    assert rows["all"]["stepopsd - grpo"]["diff"] == 0.25 and rows["nq"]["stepopsd - grpo"]["diff"] == 0.0
+    table = X.comparison_table(res, "EM")
+    assert "| nq | +50.0 [" in table and "| **all** | +25.0 [" in table

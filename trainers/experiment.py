@@ -825,8 +825,8 @@ def stage_curve(recipe: dict[str, Any], curves: dict[str, list]) -> list[tuple[i
             for key, v in r.items():
                 if key.startswith("eval/") and key.endswith("/success") and isinstance(v, (int, float)):
                     periodic.setdefault(1 + int(r["step"]), {}).setdefault(key.split("/")[1], []).append(float(v))
-    for x, subs in sorted(periodic.items()):
-        points.append((x, "periodic", {sub: sum(v) / len(v) for sub, v in subs.items()}))
+    for x, subs in sorted(periodic.items()):  # the average only: per-subset lines at other settings would clutter
+        points += [(x, "periodic", {R.AVG: sum(subs[R.AVG]) / len(subs[R.AVG])})] if R.AVG in subs else []
     return points
 
 
