@@ -230,7 +230,8 @@ def run_recipe(
 
     own = _Stages(Path(config.output_dir) / "recipe")
     stages = _Stages(Path(shared_dir or config.output_dir) / "recipe")  # the stages before RL
-    model_dir = stages.folder / "sft-model"
+    # absolute: the RL run's config (saved in every checkpoint) names it, and is read from other folders later
+    model_dir = (stages.folder / "sft-model").resolve()
     records: dict[str, dict[str, Any]] = {}
 
     def eval_model(name: str, stage: str) -> Callable[[], dict[str, Any]]:
