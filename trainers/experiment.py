@@ -802,8 +802,16 @@ def recipe_tables(recipe: dict[str, Any], metric: str, seeds: list[int]) -> dict
         f"SFT loss {v['loss_first']:.3f} -> {v['loss_last']:.3f} over {v['optimizer_steps']} steps"
         for k, v in recipe["sft"].items()
     ]
+    for k, stages in recipe["cost"].items():
+        parts = [
+            f"{st} {v['seconds']:.0f} s"
+            + (f" / {v['peak_rss_bytes'] / 2**30:.1f} GiB" if v.get("peak_rss_bytes") else "")
+            for st, v in stages.items()
+            if v.get("seconds") is not None
+        ]
+        lines.append(f"seed {k} stages (wall / peak RSS of the stage, as first run): {'; '.join(parts)}")
     if lines:
-        tables["SFT warm start"] = "\n".join(lines) + "\n"
+        tables["SFT warm start"] = "\n".join(f"- {line}" for line in lines) + "\n"
     return tables
 
 
