@@ -463,6 +463,11 @@ def _parse(mode: str, argv: Sequence[str], prog: str) -> tuple[argparse.Namespac
     if early.model and early.policy != "openai":
         resolve_model(early.model)
     preset = early.preset if early.preset in P.PRESETS else "smoke"
+    if env_id and not P.has_preset(preset, env_id):
+        try:
+            P.get_preset(preset, env_id)
+        except ValueError as e:  # the preset is not defined for this env family: the message says which it is for
+            raise ExperimentError(str(e)) from None
     parser = build_parser(mode, prog=prog, env=env_id or ("stepgym/SearchQA-v0" if mode != "eval" else None),
                           preset=preset)  # fmt: skip
     args = parser.parse_args(argv)
