@@ -417,13 +417,15 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     # the main job's own progress lines are plain INFO text on stdout, shown without -v
-    exp_logger = logging.getLogger("stepgym.trainers.experiment")
-    exp_logger.setLevel(logging.INFO)
-    if not exp_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        exp_logger.addHandler(handler)
-        exp_logger.propagate = False
+    # (and the recipe's: which stage is skipped, how many demonstrations were kept)
+    for name in ("stepgym.trainers.experiment", "stepgym.trainers.recipe"):
+        exp_logger = logging.getLogger(name)
+        exp_logger.setLevel(logging.INFO)
+        if not exp_logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            exp_logger.addHandler(handler)
+            exp_logger.propagate = False
     try:
         from transformers.utils import logging as hf_logging
 
