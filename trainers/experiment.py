@@ -737,9 +737,26 @@ def _recipe_seed(
         )
         return {"results": res, "outcomes": outcomes, "samples": samples}
 
-    rec = run_recipe(
-        cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl, shared_dir=shared
-    )
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def on_sft_step(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"{tag} SFT", unit="step", leave=False, dynamic_ncols=True, smoothing=0)
+        bar.update(1)
+        bar.set_postfix({"loss": f"{loss:.3f}"})
+        if step == total:  # closed now, so the evaluation bars that follow take its line
+            bar.close()
+            bar = None
+
+    try:
+        rec = run_recipe(cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl,
+                         shared_dir=shared, on_sft_step=on_sft_step)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     if not rec.interrupted:  # the final evaluation is also what --eval-only and a plain rerun read
         key = {"step": rec.rl_result.final_step, "plan": plan, "decode": decode}
         R.write_json(
