@@ -257,3 +257,38 @@ def test_arm_comparison_pairs_the_same_questions_and_seeds():
     assert rows["all"]["stepopsd - grpo"]["diff"] == 0.25 and rows["nq"]["stepopsd - grpo"]["diff"] == 0.0
     table = X.comparison_table(res, "EM")
     assert "| nq | +50.0 [" in table and "| **all** | +25.0 [" in table
+
+
+@pytest.mark.slow  # 33 s at load ~6 (two arms, each a recipe's RL and final evaluation)
+def test_cpu_preset_arms_share_one_warm_start_and_compare_with_cis(tmp_path):
+    out = tmp_path / "cpu"
+    exp = X.ExperimentConfig(
+        env="searchqa",
+        preset="cpu",
+        model="tiny",
+        seeds=(0,),
+        out=str(out),
+        eval_tasks=1,
+        overrides={
+            "total_steps": 1,
+            "group_size": 2,
+            "tasks_per_step": 1,
+            "eval": {"every": 0},
+            "sft": {"demo_tasks": 6, "epochs": 1, "batch_size": 4},
+        },
+    )
+    res = X.run_experiment(exp, progress=False)
+    assert res.status == "complete" and res.summary["arms"] == ["grpo", "stepopsd"]
+    # the stages before RL exist once, beside the arms; each arm has its own RL and final evaluation
+    assert (out / "seed0" / "recipe" / "sft.json").is_file() and (out / "seed0" / "recipe" / "sft-model").is_dir()
+    for arm in ("grpo", "stepopsd"):
+        assert not (out / arm / "seed0" / "recipe" / "sft.json").exists()
+        assert (out / arm / "seed0" / "recipe" / "final.json").is_file()
+        cfg = json.loads((out / arm / "seed0" / "config.json").read_text())
+        assert cfg["credit"] == arm and cfg["model"] == str((out / "seed0" / "recipe" / "sft-model").resolve())
+    arms = {a: json.loads((out / a / "results.json").read_text())["recipe"] for a in ("grpo", "stepopsd")}
+    assert arms["grpo"]["stages"]["greedy"]["after SFT"] == arms["stepopsd"]["stages"]["greedy"]["after SFT"]
+    rows = res.summary["comparison"]
+    assert set(rows) == {"nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "all"}
+    assert rows["all"]["grpo - SFT"]["pairs"] == 7 and "stepopsd - grpo" in rows["all"]
+    assert "paired bootstrap 95% CIs" in (out / "comparison.md").read_text()
