@@ -218,12 +218,12 @@ def test_aggregate_mean_std_over_seeds_and_average_over_subsets():
     seed0 = {"test": {"nq": _res(0.5), "popqa": _res(0.0)}}
     seed1 = {"test": {"nq": _res(1.0), "popqa": _res(0.5)}}
     agg = R.aggregate([seed0, seed1])["test"]
-    # nq: mean(0.5, 1.0) = 0.75, population std = 0.25; popqa: 0.25 +- 0.25
-    assert (agg["nq"]["mean"], agg["nq"]["std"], agg["nq"]["n"]) == (0.75, 0.25, 4)
-    # avg: per seed the mean over subsets (0.25, 0.75) -> 0.5 +- 0.25; n = 4 + 4
-    assert (agg["avg"]["mean"], agg["avg"]["std"], agg["avg"]["n"]) == (0.5, 0.25, 8)
+    # nq: mean(0.5, 1.0) = 0.75, sample std (ddof=1) = sqrt(2 * 0.25^2 / 1) = 0.3536; popqa: 0.25 +- 0.3536
+    assert (agg["nq"]["mean"], agg["nq"]["n"]) == (0.75, 4) and agg["nq"]["std"] == pytest.approx(0.25 * 2**0.5)
+    # avg: per seed the mean over subsets (0.25, 0.75) -> 0.5 +- 0.3536; n = 4 + 4
+    assert (agg["avg"]["mean"], agg["avg"]["n"]) == (0.5, 8) and agg["avg"]["std"] == pytest.approx(0.25 * 2**0.5)
     table = R.results_table({"test": agg}, "EM")
-    assert "| nq | 75.0 ± 25.0 | 4 |" in table and "| **avg** | 50.0 ± 25.0 | 8 |" in table
+    assert "| nq | 75.0 ± 35.4 | 4 |" in table and "| **avg** | 50.0 ± 35.4 | 8 |" in table
     cmp = R.comparison_table({"A greedy": seed0, "B greedy": seed1}, "EM")
     assert "| test | nq | 50.0 | 100.0 | 4 |" in cmp and "| test | **avg** | 25.0 | 75.0 | 8 |" in cmp
 
