@@ -5,6 +5,11 @@
 OpenAI-compatible endpoint). Both write ``results.json``, ``table.md`` (and ``curves.png`` after
 training) under the output folder and return an :class:`ExperimentResult`.
 
+With ``sft.enabled`` (the Search-QA smoke and cpu presets) each seed runs the recipe of
+:mod:`stepgym.trainers.recipe` -- base evaluation, SFT warm start, evaluation, RL, final evaluation -- and
+the report puts *before training*, *after SFT* and *after training* side by side; a preset with
+``arms`` (cpu) runs each credit method from the same warm start and compares them (:func:`run_arms`).
+
 Precedence of settings: ``TrainConfig`` field defaults < preset (:mod:`stepgym.trainers.presets`) <
 ``ExperimentConfig.overrides``. Re-running the same experiment resumes: training from the newest
 checkpoint of each seed, and a seed's finished evaluation (``seed<k>/eval.json``) is reused when its
@@ -53,6 +58,7 @@ __all__ = [
     "resolve_method",
     "resolve_model",
     "resolve_subsets",
+    "run_arms",
     "run_evaluation",
     "run_experiment",
 ]
@@ -626,7 +632,9 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
 
                 if cfg.sft.enabled:
                     shared = Path(exp.recipe_dir) / f"seed{k}" if exp.recipe_dir else None
-                    rec = _recipe_seed(cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared)
+                    rec = _recipe_seed(
+                        cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared, progress=progress
+                    )
                     recipes[k] = rec.stages
                     result = rec.rl_result
                 else:
@@ -715,6 +723,7 @@ def _recipe_seed(
     train_rl: Any,
     tag: str,
     shared: Path | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run :func:`stepgym.trainers.recipe.run_recipe` for one seed, evaluating every stage on ``plan``.
 
@@ -744,7 +753,9 @@ def _recipe_seed(
     def on_sft_step(step: int, total: int, loss: float) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=f"{tag} SFT", unit="step", leave=False, dynamic_ncols=True, smoothing=0)
+            bar = tqdm(
+                total=total, desc=f"{tag} SFT", unit="step", leave=False, dynamic_ncols=True, disable=not progress
+            )
         bar.update(1)
         bar.set_postfix({"loss": f"{loss:.3f}"})
         if step == total:  # closed now, so the evaluation bars that follow take its line
