@@ -71,6 +71,12 @@ def test_registry_did_you_mean_and_no_silent_overwrite():
     assert register_demonstrator(QA, d, overwrite=True) is d
 
 
+def test_sft_on_an_env_without_demonstrator_fails_before_the_model_loads():
+    exp = X.ExperimentConfig(env="sandbox", model="tiny", overrides={"sft": {"enabled": True}})
+    with pytest.raises(X.ExperimentError, match=r"no demonstrator for env 'stepgym/Sandbox-One-v0'; registered: "):
+        X.run_experiment(exp, progress=False)
+
+
 def test_searchqa_demonstrations_on_train_questions_are_filtered_by_retrieval(tmp_path):
     from stepgym.agents.models import build_tiny_tokenizer
     from stepgym.envs.searchqa.metrics import normalize_answer

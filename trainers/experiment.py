@@ -577,6 +577,13 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
             data["env_kwargs"] = {**data.get("env_kwargs", {}), "data_dir": exp.data_dir}
         configs[k] = build_config(data)
     first = configs[seeds[0]]
+    if first.sft.enabled:  # before the model loads: the SFT stage needs the env's demonstrator
+        from stepgym.agents.demos import get_demonstrator
+
+        try:
+            get_demonstrator(env_id)
+        except KeyError as e:
+            raise ExperimentError(str(e.args[0])) from None
     fit = check_model_fits(first, training=True)
     plan = eval_plan(first, preset, list(first.eval.subsets), _eval_n(exp.eval_tasks, preset))
     decode = decodings(exp.decoding, first.eval.temperature)
