@@ -78,12 +78,12 @@ def get_demonstrator(env_id: str) -> Demonstrator:
         KeyError: None is registered (did-you-mean over the registered ids; the fix is to register one).
     """
     if env_id not in DEMONSTRATORS:
-        close = difflib.get_close_matches(env_id, list(DEMONSTRATORS), n=2, cutoff=0.6)
+        close = difflib.get_close_matches(env_id, list(DEMONSTRATORS), n=2, cutoff=0.8)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise KeyError(
             f"no demonstrator for env {env_id!r}; {hint}registered: {sorted(DEMONSTRATORS) or 'none'}. "
             "The SFT warm start needs one: register_demonstrator(env_id, Demonstrator(make_agent, keep)) "
-            "from stepgym.agents.demos, or run without the SFT stage"
+            "from stepgym.agents.demos, or run without the SFT stage (--no-sft.enabled)"
         )
     return DEMONSTRATORS[env_id]
 

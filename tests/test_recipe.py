@@ -71,6 +71,12 @@ def test_registry_did_you_mean_and_no_silent_overwrite():
     assert register_demonstrator(QA, d, overwrite=True) is d
 
 
+def test_sft_on_an_env_without_demonstrator_fails_before_the_model_loads():
+    exp = X.ExperimentConfig(env="sandbox", model="tiny", overrides={"sft": {"enabled": True}})
+    with pytest.raises(X.ExperimentError, match=r"no demonstrator for env 'stepgym/Sandbox-One-v0'; registered: "):
+        X.run_experiment(exp, progress=False)
+
+
 def test_searchqa_demonstrations_on_train_questions_are_filtered_by_retrieval(tmp_path):
     from stepgym.agents.models import build_tiny_tokenizer
     from stepgym.envs.searchqa.metrics import normalize_answer
@@ -233,3 +239,62 @@ def test_demonstrations_come_from_the_training_split_only():
     train = {t for v in task_subsets(QA, {**QA_TRAIN, "subset": both}).values() for t in v}
     test = {t for v in task_subsets(QA, {**QA_TRAIN, "split": "test", "subset": both}).values() for t in v}
     assert train and test and not train & test
+
+
+def test_arm_comparison_pairs_the_same_questions_and_seeds():
+    plan = {"test": {"nq": ["nq/1", "nq/2"], "popqa": ["popqa/1", "popqa/2"]}}
+
+    def summary(sft: list[float], final: list[float]) -> dict:
+        ids = ["nq/1", "nq/2", "popqa/1", "popqa/2"]
+        per_seed = {
+            "sft_eval": {"greedy": {"test": dict(zip(ids, sft, strict=True))}},
+            "final": {"greedy": {"test": dict(zip(ids, final, strict=True))}},
+        }
+        return {"recipe": {"outcomes": {"0": per_seed}, "plan": plan}}
+
+    # the same warm start in both arms; grpo gains nq/1 only, stepopsd gains nq/1 and popqa/1
+    res = X.arm_comparison(
+        {"grpo": summary([0, 0, 0, 1], [1, 0, 0, 1]), "stepopsd": summary([0, 0, 0, 1], [1, 0, 1, 1])}
+    )
+    rows = res["comparison"]
+    assert rows["nq"]["grpo - SFT"]["diff"] == 0.5 and rows["popqa"]["grpo - SFT"]["diff"] == 0.0
+    assert rows["popqa"]["grpo - SFT"]["lo"] == rows["popqa"]["grpo - SFT"]["hi"] == 0.0  # no change: a point CI
+    assert rows["all"]["stepopsd - SFT"]["diff"] == 0.5 and rows["all"]["stepopsd - SFT"]["pairs"] == 4
+    assert rows["all"]["stepopsd - grpo"]["diff"] == 0.25 and rows["nq"]["stepopsd - grpo"]["diff"] == 0.0
+    table = X.comparison_table(res, "EM")
+    assert "| nq | +50.0 [" in table and "| **all** | +25.0 [" in table
+
+
+@pytest.mark.slow  # 33 s at load ~6 (two arms, each a recipe's RL and final evaluation)
+def test_cpu_preset_arms_share_one_warm_start_and_compare_with_cis(tmp_path):
+    out = tmp_path / "cpu"
+    exp = X.ExperimentConfig(
+        env="searchqa",
+        preset="cpu",
+        model="tiny",
+        seeds=(0,),
+        out=str(out),
+        eval_tasks=1,
+        overrides={
+            "total_steps": 1,
+            "group_size": 2,
+            "tasks_per_step": 1,
+            "eval": {"every": 0},
+            "sft": {"demo_tasks": 6, "epochs": 1, "batch_size": 4},
+        },
+    )
+    res = X.run_experiment(exp, progress=False)
+    assert res.status == "complete" and res.summary["arms"] == ["grpo", "stepopsd"]
+    # the stages before RL exist once, beside the arms; each arm has its own RL and final evaluation
+    assert (out / "seed0" / "recipe" / "sft.json").is_file() and (out / "seed0" / "recipe" / "sft-model").is_dir()
+    for arm in ("grpo", "stepopsd"):
+        assert not (out / arm / "seed0" / "recipe" / "sft.json").exists()
+        assert (out / arm / "seed0" / "recipe" / "final.json").is_file()
+        cfg = json.loads((out / arm / "seed0" / "config.json").read_text())
+        assert cfg["credit"] == arm and cfg["model"] == str((out / "seed0" / "recipe" / "sft-model").resolve())
+    arms = {a: json.loads((out / a / "results.json").read_text())["recipe"] for a in ("grpo", "stepopsd")}
+    assert arms["grpo"]["stages"]["greedy"]["after SFT"] == arms["stepopsd"]["stages"]["greedy"]["after SFT"]
+    rows = res.summary["comparison"]
+    assert set(rows) == {"nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "all"}
+    assert rows["all"]["grpo - SFT"]["pairs"] == 7 and "stepopsd - grpo" in rows["all"]
+    assert "paired bootstrap 95% CIs" in (out / "comparison.md").read_text()

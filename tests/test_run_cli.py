@@ -158,11 +158,11 @@ def test_memory_estimate_counts_weights_activations_and_logits():
 def test_memory_guard_gives_a_range_and_refuses_only_what_cannot_fit(monkeypatch):
     data = X.deep_merge(P.get_preset("smoke", "stepgym/SearchQA-v0").config, {})
     cfg = TrainConfig(**data, model="smollm2-135m", env_id="stepgym/SearchQA-v0")
-    low = X.estimate_run_memory(cfg, training=True, seq_len=64)  # 2 turns x 32 generated tokens
-    high = X.estimate_run_memory(cfg, training=True)  # prompt cap 1536 + 64
-    assert high.activations == pytest.approx(low.activations * 1600 / 64)
+    low = X.estimate_run_memory(cfg, training=True, seq_len=96)  # 2 turns x 48 generated tokens
+    high = X.estimate_run_memory(cfg, training=True)  # prompt cap 1536 + 96
+    assert high.activations == pytest.approx(low.activations * 1632 / 96)
     line = X.check_model_fits(cfg, training=True)
-    assert f"needs ~{low.total / 2**30:.1f}-{high.total / 2**30:.1f} GiB" in line and "rows of 64-1600 tokens" in line
+    assert f"needs ~{low.total / 2**30:.1f}-{high.total / 2**30:.1f} GiB" in line and "rows of 96-1632 tokens" in line
     monkeypatch.setattr(M, "available_memory", lambda device: ((low.total + high.total) / 2, "host RAM"))
     X.check_model_fits(cfg, training=True)  # between the bounds: a warning, not a refusal
     monkeypatch.setattr(M, "available_memory", lambda device: (low.total * 0.9, "host RAM"))
@@ -220,12 +220,12 @@ def test_aggregate_mean_std_over_seeds_and_average_over_subsets():
     seed0 = {"test": {"nq": _res(0.5), "popqa": _res(0.0)}}
     seed1 = {"test": {"nq": _res(1.0), "popqa": _res(0.5)}}
     agg = R.aggregate([seed0, seed1])["test"]
-    # nq: mean(0.5, 1.0) = 0.75, population std = 0.25; popqa: 0.25 +- 0.25
-    assert (agg["nq"]["mean"], agg["nq"]["std"], agg["nq"]["n"]) == (0.75, 0.25, 4)
-    # avg: per seed the mean over subsets (0.25, 0.75) -> 0.5 +- 0.25; n = 4 + 4
-    assert (agg["avg"]["mean"], agg["avg"]["std"], agg["avg"]["n"]) == (0.5, 0.25, 8)
+    # nq: mean(0.5, 1.0) = 0.75, sample std (ddof=1) = sqrt(2 * 0.25^2 / 1) = 0.3536; popqa: 0.25 +- 0.3536
+    assert (agg["nq"]["mean"], agg["nq"]["n"]) == (0.75, 4) and agg["nq"]["std"] == pytest.approx(0.25 * 2**0.5)
+    # avg: per seed the mean over subsets (0.25, 0.75) -> 0.5 +- 0.3536; n = 4 + 4
+    assert (agg["avg"]["mean"], agg["avg"]["n"]) == (0.5, 8) and agg["avg"]["std"] == pytest.approx(0.25 * 2**0.5)
     table = R.results_table({"test": agg}, "EM")
-    assert "| nq | 75.0 ± 25.0 | 4 |" in table and "| **avg** | 50.0 ± 25.0 | 8 |" in table
+    assert "| nq | 75.0 ± 35.4 | 4 |" in table and "| **avg** | 50.0 ± 35.4 | 8 |" in table
     cmp = R.comparison_table({"A greedy": seed0, "B greedy": seed1}, "EM")
     assert "| test | nq | 50.0 | 100.0 | 4 |" in cmp and "| test | **avg** | 25.0 | 75.0 | 8 |" in cmp
 
@@ -365,6 +365,7 @@ def _timed_cli(args):
         (["train", "--env", "serchqa"], "unknown env 'serchqa'; did you mean 'searchqa'?"),
         (["train", "--env", "sandbox", "--method", "stepopsdd"], "unknown method 'stepopsdd'; did you mean 'stepopsd'"),
         (["eval", "--env", "alfwrld", "--checkpoint", "x"], "unknown env 'alfwrld'; did you mean 'alfworld'?"),
+        (["train", "--env", "alfworld", "--preset", "cpu"], "preset 'cpu' is defined for the searchqa env family only"),
     ],
 )
 def test_argument_errors_come_before_torch_within_2_s(args, message):

@@ -417,13 +417,15 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     # the main job's own progress lines are plain INFO text on stdout, shown without -v
-    exp_logger = logging.getLogger("stepgym.trainers.experiment")
-    exp_logger.setLevel(logging.INFO)
-    if not exp_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        exp_logger.addHandler(handler)
-        exp_logger.propagate = False
+    # (and the recipe's: which stage is skipped, how many demonstrations were kept)
+    for name in ("stepgym.trainers.experiment", "stepgym.trainers.recipe"):
+        exp_logger = logging.getLogger(name)
+        exp_logger.setLevel(logging.INFO)
+        if not exp_logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            exp_logger.addHandler(handler)
+            exp_logger.propagate = False
     try:
         from transformers.utils import logging as hf_logging
 
@@ -463,6 +465,11 @@ def _parse(mode: str, argv: Sequence[str], prog: str) -> tuple[argparse.Namespac
     if early.model and early.policy != "openai":
         resolve_model(early.model)
     preset = early.preset if early.preset in P.PRESETS else "smoke"
+    if env_id and not P.has_preset(preset, env_id):
+        try:
+            P.get_preset(preset, env_id)
+        except ValueError as e:  # the preset is not defined for this env family: the message says which it is for
+            raise ExperimentError(str(e)) from None
     parser = build_parser(mode, prog=prog, env=env_id or ("stepgym/SearchQA-v0" if mode != "eval" else None),
                           preset=preset)  # fmt: skip
     args = parser.parse_args(argv)

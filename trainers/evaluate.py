@@ -244,8 +244,8 @@ def evaluate(
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (0 for a single value); NaN for none."""
+    """Mean and sample std over seeds (Bessel's ddof=1; 0 for a single value); NaN for none."""
     if not values:
         return math.nan, math.nan
     m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1))

@@ -5,6 +5,11 @@
 OpenAI-compatible endpoint). Both write ``results.json``, ``table.md`` (and ``curves.png`` after
 training) under the output folder and return an :class:`ExperimentResult`.
 
+With ``sft.enabled`` (the Search-QA smoke and cpu presets) each seed runs the recipe of
+:mod:`stepgym.trainers.recipe` -- base evaluation, SFT warm start, evaluation, RL, final evaluation -- and
+the report puts *before training*, *after SFT* and *after training* side by side; a preset with
+``arms`` (cpu) runs each credit method from the same warm start and compares them (:func:`run_arms`).
+
 Precedence of settings: ``TrainConfig`` field defaults < preset (:mod:`stepgym.trainers.presets`) <
 ``ExperimentConfig.overrides``. Re-running the same experiment resumes: training from the newest
 checkpoint of each seed, and a seed's finished evaluation (``seed<k>/eval.json``) is reused when its
@@ -53,6 +58,7 @@ __all__ = [
     "resolve_method",
     "resolve_model",
     "resolve_subsets",
+    "run_arms",
     "run_evaluation",
     "run_experiment",
 ]
@@ -571,6 +577,13 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
             data["env_kwargs"] = {**data.get("env_kwargs", {}), "data_dir": exp.data_dir}
         configs[k] = build_config(data)
     first = configs[seeds[0]]
+    if first.sft.enabled:  # before the model loads: the SFT stage needs the env's demonstrator
+        from stepgym.agents.demos import get_demonstrator
+
+        try:
+            get_demonstrator(env_id)
+        except KeyError as e:
+            raise ExperimentError(str(e.args[0])) from None
     fit = check_model_fits(first, training=True)
     plan = eval_plan(first, preset, list(first.eval.subsets), _eval_n(exp.eval_tasks, preset))
     decode = decodings(exp.decoding, first.eval.temperature)
@@ -626,7 +639,9 @@ def run_experiment(exp: ExperimentConfig, *, progress: bool = True) -> Experimen
 
                 if cfg.sft.enabled:
                     shared = Path(exp.recipe_dir) / f"seed{k}" if exp.recipe_dir else None
-                    rec = _recipe_seed(cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared)
+                    rec = _recipe_seed(
+                        cfg, preset, plan, decode, metric, train_rl, tag=f"seed {k}", shared=shared, progress=progress
+                    )
                     recipes[k] = rec.stages
                     result = rec.rl_result
                 else:
@@ -715,6 +730,7 @@ def _recipe_seed(
     train_rl: Any,
     tag: str,
     shared: Path | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run :func:`stepgym.trainers.recipe.run_recipe` for one seed, evaluating every stage on ``plan``.
 
@@ -737,9 +753,28 @@ def _recipe_seed(
         )
         return {"results": res, "outcomes": outcomes, "samples": samples}
 
-    rec = run_recipe(
-        cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl, shared_dir=shared
-    )
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def on_sft_step(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(
+                total=total, desc=f"{tag} SFT", unit="step", leave=False, dynamic_ncols=True, disable=not progress
+            )
+        bar.update(1)
+        bar.set_postfix({"loss": f"{loss:.3f}"})
+        if step == total:  # closed now, so the evaluation bars that follow take its line
+            bar.close()
+            bar = None
+
+    try:
+        rec = run_recipe(cfg, evaluate=evaluate, eval_key={"plan": plan, "decode": decode}, train_rl=train_rl,
+                         shared_dir=shared, on_sft_step=on_sft_step)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     if not rec.interrupted:  # the final evaluation is also what --eval-only and a plain rerun read
         key = {"step": rec.rl_result.final_step, "plan": plan, "decode": decode}
         R.write_json(
@@ -802,8 +837,16 @@ def recipe_tables(recipe: dict[str, Any], metric: str, seeds: list[int]) -> dict
         f"SFT loss {v['loss_first']:.3f} -> {v['loss_last']:.3f} over {v['optimizer_steps']} steps"
         for k, v in recipe["sft"].items()
     ]
+    for k, stages in recipe["cost"].items():
+        parts = [
+            f"{st} {v['seconds']:.0f} s"
+            + (f" / {v['peak_rss_bytes'] / 2**30:.1f} GiB" if v.get("peak_rss_bytes") else "")
+            for st, v in stages.items()
+            if v.get("seconds") is not None
+        ]
+        lines.append(f"seed {k} stages (wall / peak RSS of the stage, as first run): {'; '.join(parts)}")
     if lines:
-        tables["SFT warm start"] = "\n".join(lines) + "\n"
+        tables["SFT warm start"] = "\n".join(f"- {line}" for line in lines) + "\n"
     return tables
 
 
@@ -825,8 +868,8 @@ def stage_curve(recipe: dict[str, Any], curves: dict[str, list]) -> list[tuple[i
             for key, v in r.items():
                 if key.startswith("eval/") and key.endswith("/success") and isinstance(v, (int, float)):
                     periodic.setdefault(1 + int(r["step"]), {}).setdefault(key.split("/")[1], []).append(float(v))
-    for x, subs in sorted(periodic.items()):
-        points.append((x, "periodic", {sub: sum(v) / len(v) for sub, v in subs.items()}))
+    for x, subs in sorted(periodic.items()):  # the average only: per-subset lines at other settings would clutter
+        points += [(x, "periodic", {R.AVG: sum(subs[R.AVG]) / len(subs[R.AVG])})] if R.AVG in subs else []
     return points
 
 

@@ -122,8 +122,12 @@ class _Stages:
 
 
 # =========================================================================== SFT
-def sft_stage(config: TrainConfig, model_dir: Path) -> dict[str, Any]:
+def sft_stage(
+    config: TrainConfig, model_dir: Path, on_step: Callable[[int, int, float], None] | None = None
+) -> dict[str, Any]:
     """Collect the env's demonstrations on training tasks, keep the trusted ones, SFT the model, save it.
+
+    ``on_step(step, total_steps, loss)`` is called after every SFT optimizer step (progress bars).
 
     Returns:
         ``{"demos", "kept", "kept_by_subset", "losses", "rows", "tokens", "demonstrator"}``.
@@ -176,6 +180,7 @@ def sft_stage(config: TrainConfig, model_dir: Path) -> dict[str, Any]:
             "or run without the SFT stage (--sft.enabled false)"
         )
     rows = [seq for t in kept for seq in t.sequences]
+    total = s.epochs * -(-len(rows) // s.batch_size)  # sft_train: ceil(rows / batch) steps per epoch
     losses = sft_train(
         model,
         kept,
@@ -186,6 +191,7 @@ def sft_stage(config: TrainConfig, model_dir: Path) -> dict[str, Any]:
         pad_token_id=config.pad_token_id,
         max_grad_norm=config.optim.max_grad_norm or 1.0,
         schedule=s.schedule,
+        on_step=(lambda k, loss: on_step(k, total, loss)) if on_step is not None else None,
     )
     # written aside, then renamed: a crash never leaves a half-written model that a rerun would trust
     tmp = model_dir.with_name(model_dir.name + ".tmp")
@@ -215,6 +221,7 @@ def run_recipe(
     eval_key: dict[str, Any],
     train_rl: Callable[[TrainConfig], Any],
     shared_dir: Path | None = None,
+    on_sft_step: Callable[[int, int, float], None] | None = None,
 ) -> RecipeResult:
     """Run the five stages of one seed (``config.output_dir``), skipping those already done.
 
@@ -225,12 +232,14 @@ def run_recipe(
         train_rl: Runs (or resumes) RL with the config it is given; returns a ``RunResult``.
         shared_dir: Where the base, SFT and SFT-evaluation stages live when several arms (credit methods) share
             them (``<shared_dir>/recipe``); ``None``: ``config.output_dir``. Their keys hold no credit setting.
+        on_sft_step: Progress of the SFT stage: ``(step, total_steps, loss)`` after every optimizer step.
     """
     from stepgym.trainers.runner import build_model, load_checkpoint_model
 
     own = _Stages(Path(config.output_dir) / "recipe")
     stages = _Stages(Path(shared_dir or config.output_dir) / "recipe")  # the stages before RL
-    model_dir = stages.folder / "sft-model"
+    # absolute: the RL run's config (saved in every checkpoint) names it, and is read from other folders later
+    model_dir = (stages.folder / "sft-model").resolve()
     records: dict[str, dict[str, Any]] = {}
 
     def eval_model(name: str, stage: str) -> Callable[[], dict[str, Any]]:
@@ -260,7 +269,7 @@ def run_recipe(
     }
     if not (model_dir / "config.json").is_file():
         stages.path("sft").unlink(missing_ok=True)  # a stage record without its model folder is not done
-    records["sft"] = stages.run("sft", sft_key, lambda: sft_stage(config, model_dir))
+    records["sft"] = stages.run("sft", sft_key, lambda: sft_stage(config, model_dir, on_sft_step))
 
     # ------------------------------------------------------------------ 3. the warm start, evaluated
     sft_id = {"sft_model": str(model_dir), "sft_key": sft_key}
