@@ -365,7 +365,7 @@ def _timed_cli(args):
         (["train", "--env", "serchqa"], "unknown env 'serchqa'; did you mean 'searchqa'?"),
         (["train", "--env", "sandbox", "--method", "stepopsdd"], "unknown method 'stepopsdd'; did you mean 'stepopsd'"),
         (["eval", "--env", "alfwrld", "--checkpoint", "x"], "unknown env 'alfwrld'; did you mean 'alfworld'?"),
-        (["train", "--env", "alfworld", "--preset", "cpu"], "preset 'cpu' is defined for the searchqa env family only"),
+        (["train", "--env", "sandbox", "--preset", "cpu"], "preset 'cpu' is defined for the alfworld, searchqa env"),
     ],
 )
 def test_argument_errors_come_before_torch_within_2_s(args, message):
