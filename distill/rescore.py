@@ -44,8 +44,10 @@ from stepgym.envs.records import TokenSequence
 from torch import nn
 
 __all__ = [
+    "ContextView",
     "Placement",
     "TeacherSnapshot",
+    "context_view",
     "teacher_logprobs",
     "teacher_logprobs_naive",
 ]
@@ -279,6 +281,70 @@ def _score_inline(decoder, head, rows, plans, sel, out, temperature, dev) -> Non
         input_ids=pids, position_ids=position_ids, attention_mask=mask, past_key_values=cache, use_cache=True
     ).last_hidden_state  # [b, P, H]
     _scatter_targets(out, sel, qs, ps, hidden, pids, head, temperature)
+
+
+# =========================================================================== the context view as rows
+@dataclass(frozen=True)
+class ContextView:
+    """The rows with their hindsight block inserted once (``prefix``/``prompt`` placement), for a forward *with* grad.
+
+    UCOB (ALGORITHMS.md §10) trains the policy under both views, so the context view must be a batch
+    the update can run forward on itself; the ``inline`` placement has one block per step and no
+    single such row.
+    """
+
+    input_ids: torch.Tensor
+    """[B, Lv] long: ``x[:s0] + H + x[s0:]`` per row, right-padded."""
+    attention_mask: torch.Tensor
+    """[B, Lv] 1 on real tokens."""
+    position: torch.Tensor
+    """[B, L] long: where row token ``x[l]`` sits in the view row (``l + |H|`` from ``s0`` on), -1 on padding."""
+
+    def rows(self, index: torch.Tensor) -> ContextView:
+        """The subset of rows ``index`` (a 1-D long tensor)."""
+        return ContextView(self.input_ids[index], self.attention_mask[index], self.position[index])
+
+
+def context_view(
+    rows: Sequence[TokenSequence],
+    hindsight_ids: Sequence[Sequence[int] | None],
+    *,
+    placement: Placement,
+    length: int | None = None,
+    device: torch.device | str = "cpu",
+) -> ContextView:
+    """The rows as the teacher of ``placement`` sees them: the same sequences :func:`teacher_logprobs` scores.
+
+    Args:
+        rows: Token sequences (either layout).
+        hindsight_ids: Per row, the block's ids (``None``/empty: the row unchanged).
+        placement: ``"prefix"`` (before the row's first generated token) or ``"prompt"`` (before its first token).
+        length: ``L`` of the batch's rows (``position`` is ``[B, L]``); default the longest row.
+        device: Where the tensors go.
+
+    Raises:
+        ValueError: ``placement`` is ``inline`` (one block per step: no single view row exists).
+    """
+    if placement not in ("prefix", "prompt"):
+        raise ValueError(
+            f"a context view as rows needs placement 'prefix' or 'prompt' (one block per row), got {placement!r}; "
+            "set teacher.placement='prompt'"
+        )
+    if len(hindsight_ids) != len(rows):
+        raise ValueError(f"hindsight_ids has {len(hindsight_ids)} entries but there are {len(rows)} rows (one per row)")
+    L = max((len(r) for r in rows), default=0) if length is None else length
+    seqs, pos = [], torch.full((len(rows), L), -1, dtype=torch.long)
+    for b, (row, h) in enumerate(zip(rows, hindsight_ids)):
+        h = list(h or [])
+        s0 = _insert_at(row, placement) if h and any(k >= 0 for k in row.step_index) else 0
+        seqs.append(list(row.ids[:s0]) + h + list(row.ids[s0:]))
+        n = len(row.ids)
+        pos[b, :n] = torch.arange(n) + torch.where(torch.arange(n) >= s0, len(h), 0)
+    ids = _pad(seqs, torch.device(device))  # [B, Lv]
+    attn = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        attn[b, : len(s)] = 1
+    return ContextView(ids, attn, pos.to(device))
 
 
 # =========================================================================== teacher (naive reference)

@@ -35,7 +35,8 @@ __all__ = [
     "rising_schedule",
     "robust_nll",
     "sgcd_shape",
-    "ucob_token_loss",
+    "ucob_two_view_loss",
+    "ucob_view_divergence",
 ]
 
 WeightKind = Literal["sigmoid", "exp"]
@@ -441,17 +442,62 @@ def robust_nll(
     return loss * target_mask  # [B, L]
 
 
-def ucob_token_loss(
-    logp_theta: torch.Tensor,  # [B, L] current policy log-probs under the plain view (with grad)
-    logp_teacher: torch.Tensor,  # [B, L] log-probs of the same tokens under the context view (no grad)
-    target_mask: torch.Tensor,  # [B, L]
+def ucob_view_divergence(
+    lp_student: torch.Tensor,  # [N, V] log-softmax of the learning view at each target token (with grad)
+    lp_teacher: torch.Tensor,  # [N, V] log-softmax of the teaching view at the same token (detached here)
+    tokens: torch.Tensor,  # [N] long, the sampled tokens
     *,
-    weight: torch.Tensor,  # [B, L] >= 0 local-teacher weight
+    top_k: int = 32,
+    divergence: Literal["forward", "reverse"] = "forward",
     beta: float = 5.0,
-) -> torch.Tensor:  # [B, L]
-    """UCOB's gated distillation from the context view into the plain view (arXiv 2606.29502) [recon].
+) -> torch.Tensor:  # [N]
+    """UCOB's gated top-K restricted divergence from the teaching view to the learning view (arXiv 2606.29502) [recon].
 
-    ``weight * sigmoid(beta * (logp_C - logp.detach())) * (logp_C - logp)`` on target tokens: SDAR's
-    gated term (:func:`sdar_token_loss`) scaled per token by how much the context view should teach here.
+    ``K`` = the teacher's ``top_k`` most likely tokens at the position (``top_k = 0``: the whole vocabulary);
+    both distributions renormalised over ``K``: ``p = softmax_K(lp_T)``, ``q = softmax_K(lp_S)``.
+    ``forward``: ``KL(p || q) = sum_K p (log p - log q)`` (mass-covering over the teacher's candidates);
+    ``reverse``: ``KL(q || p)``. Gate ``g = sigmoid(beta * (lp_T[a] - lp_S[a]))`` at the sampled token ``a``
+    (detached; SDAR's gate, :func:`sdar_token_loss`): the term acts where the teacher prefers the sampled
+    token more than the learner does. Returns ``g * KL``; the gradient reaches only ``lp_student``.
     """
-    return weight * sdar_token_loss(logp_theta, logp_teacher, target_mask, beta=beta)  # [B, L]
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = the whole vocabulary), got {top_k}")
+    lt = lp_teacher.detach()
+    if top_k and top_k < lt.shape[-1]:
+        idx = lt.topk(top_k, dim=-1).indices  # [N, K]
+        lt_k, ls_k = lt.gather(-1, idx), lp_student.gather(-1, idx)  # [N, K]
+    else:
+        lt_k, ls_k = lt, lp_student  # [N, V]
+    log_p = torch.log_softmax(lt_k, dim=-1)  # [N, K] renormalised over K
+    log_q = torch.log_softmax(ls_k, dim=-1)  # [N, K]
+    if divergence == "forward":
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [N]
+    elif divergence == "reverse":
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # [N]
+    else:
+        raise ValueError(f"divergence must be 'forward' or 'reverse', got {divergence!r}")
+    a = tokens[:, None]  # [N, 1]
+    gate = torch.sigmoid(beta * (lt.gather(-1, a) - lp_student.detach().gather(-1, a))).squeeze(-1)  # [N]
+    return gate * kl  # [N]
+
+
+def ucob_two_view_loss(
+    lp_rows: torch.Tensor,  # [N, V] log-softmax under the plain view (the rows as rolled out), with grad
+    lp_view: torch.Tensor,  # [N, V] log-softmax under the context view, with grad
+    tokens: torch.Tensor,  # [N] long
+    weight: torch.Tensor,  # [N] signed: > 0 the context view teaches the plain one, < 0 the reverse
+    *,
+    top_k: int = 32,
+    divergence: Literal["forward", "reverse"] = "forward",
+    beta: float = 5.0,
+) -> torch.Tensor:  # [N]
+    """UCOB's bidirectional distillation between the two views (arXiv 2606.29502) [recon].
+
+    ``w > 0``: ``w * D(view -> rows)`` (the context view is the local teacher, the plain view learns);
+    ``w < 0``: ``|w| * D(rows -> view)`` (the plain view teaches the context view); ``D`` is
+    :func:`ucob_view_divergence` with the teacher detached, so each direction moves only its learner.
+    """
+    kw = {"top_k": top_k, "divergence": divergence, "beta": beta}
+    to_plain = ucob_view_divergence(lp_rows, lp_view, tokens, **kw)  # [N]
+    to_context = ucob_view_divergence(lp_view, lp_rows, tokens, **kw)  # [N]
+    return weight.clamp(min=0) * to_plain + (-weight).clamp(min=0) * to_context  # [N]

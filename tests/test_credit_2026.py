@@ -1,6 +1,7 @@
 """The related 2026 credit methods (ALGORITHMS.md §10, [recon]): each formula against a from-scratch
 loop of the spec on random batches, numbers by hand, and "each part off => identical to GRPO"."""
 
+import functools
 import math
 
 import pytest
@@ -77,6 +78,8 @@ def test_registry_knows_the_methods_and_their_needs():
     assert get_credit("craft").needs == {"teacher"} and get_credit("atod").needs == {"teacher", "entropy"}
     assert get_credit("paw").needs == {"observations", "entropy"} and get_credit("triage").needs == {"judge"}
     assert get_credit("sgcd").config_defaults == {"teacher.hindsight": ("outcome", "contrast")}
+    assert get_credit("ucob").needs == {"teacher", "context_view"}
+    assert get_credit("ucob").config_defaults["teacher.placement"] == "prompt"
     with pytest.raises(ValueError, match="Did you mean 'teacher'"):
         register_credit("_bad_need", needs=("teachr",))(lambda b: None)
 
@@ -279,12 +282,21 @@ def test_robust_nll_by_hand():
 
 
 # ------------------------------------------------------------------------------------------ UCOB
-def test_ucob_teaches_visits_below_their_anchor_states_mean():
+def _with_view(b: CreditBatch) -> CreditBatch:
+    """The batch with a context view (its rows unchanged: the credit function only passes it on)."""
+    from stepgym.distill.rescore import ContextView
+
+    ids = torch.zeros(b.mask.shape, dtype=torch.long)
+    pos = torch.arange(b.mask.shape[1]).expand(b.mask.shape[0], -1).clone()
+    return CreditBatch(**{**b.__dict__, "context_view": ContextView(ids, torch.ones_like(ids), pos)})
+
+
+def test_ucob_local_teacher_in_either_direction_by_return_to_go():
     for seed in range(4):
-        b = _random_batch(seed)
+        b = _with_view(_random_batch(seed))
         b = CreditBatch(**{**b.__dict__, "step_rewards": tuple((0.3 * t, 0.0, float(b.scores[t])) for t in range(T))})
         out = get_credit("ucob")(b, coef=0.05, w_max=0.8)
-        assert torch.equal(out.advantages, _grpo(b)) and out.aux.coef == 0.05
+        assert torch.equal(out.advantages, _grpo(b)) and out.aux.coef == 0.05 and out.aux.view is b.context_view
         grp = b.group_index.tolist()
         want = torch.zeros_like(b.mask)
         for t in range(T):
@@ -296,11 +308,126 @@ def test_ucob_teaches_visits_below_their_anchor_states_mean():
                     for k2 in range(K)
                     if grp[u] == grp[t] and b.anchors[u][k2] == b.anchors[t][k]
                 ]
-                w = min(0.8, max(0.0, sum(visits) / len(visits) - rtg[k])) if len(visits) >= 2 else 0.0
+                # > 0: below the state's mean, the context view teaches; < 0: above it, the visit teaches it
+                w = max(-0.8, min(0.8, sum(visits) / len(visits) - rtg[k])) if len(visits) >= 2 else 0.0
                 for r, p in _tokens(b, t, k):
                     want[r, p] = w
         torch.testing.assert_close(out.aux.weight, want, atol=1e-6, rtol=0)
+        assert (want > 0).any() and (want < 0).any()  # both directions occur on these batches
+        one = get_credit("ucob")(b, coef=0.05, w_max=0.8, directions="to_plain").aux.weight
+        torch.testing.assert_close(one, want.clamp(min=0), atol=1e-6, rtol=0)
+        other = get_credit("ucob")(b, coef=0.05, w_max=0.8, directions="to_context").aux.weight
+        torch.testing.assert_close(other, want.clamp(max=0), atol=1e-6, rtol=0)
         assert get_credit("ucob")(b, coef=0.0).aux is None
+    # no target token to teach (e.g. no action span under teacher.target="action"): no term, so no extra forwards
+    b = _with_view(_random_batch(0))
+    out = get_credit("ucob")(CreditBatch(**{**b.__dict__, "target_mask": torch.zeros_like(b.mask)}))
+    assert out.aux is None and out.metrics["taught_tokens"] == 0 and torch.equal(out.advantages, _grpo(b))
+    with pytest.raises(ValueError, match="directions"):
+        get_credit("ucob")(_with_view(_random_batch(0)), directions="up")
+    with pytest.raises(ValueError, match="context_view.*placement='prompt'"):
+        get_credit("ucob")(_random_batch(0))
+
+
+def _topk_kl_loop(ls: list[float], lt: list[float], a: int, top_k: int, divergence: str, beta: float) -> float:
+    """One token of the spec by hand: renormalise both over the teacher's top K, KL, SDAR gate at the sampled token."""
+    V = len(lt)
+    keep = sorted(range(V), key=lambda i: -lt[i])[: top_k or V]
+    zt = math.log(sum(math.exp(lt[i]) for i in keep))
+    zs = math.log(sum(math.exp(ls[i]) for i in keep))
+    p = {i: math.exp(lt[i] - zt) for i in keep}
+    q = {i: math.exp(ls[i] - zs) for i in keep}
+    if divergence == "forward":
+        kl = sum(p[i] * (math.log(p[i]) - math.log(q[i])) for i in keep)
+    else:
+        kl = sum(q[i] * (math.log(q[i]) - math.log(p[i])) for i in keep)
+    return kl / (1.0 + math.exp(-beta * (lt[a] - ls[a])))
+
+
+@pytest.mark.parametrize("top_k,divergence", [(4, "forward"), (4, "reverse"), (0, "forward")])
+def test_ucob_two_view_loss_equals_the_spec_loop(top_k, divergence):
+    from stepgym.distill.shaping import ucob_two_view_loss
+
+    g = torch.Generator().manual_seed(3)
+    n, V = 7, 11
+    lp_rows = torch.log_softmax(torch.randn(n, V, generator=g) * 2, -1).requires_grad_(True)
+    lp_view = torch.log_softmax(torch.randn(n, V, generator=g) * 2, -1).requires_grad_(True)
+    tokens = torch.randint(0, V, (n,), generator=g)
+    weight = torch.tensor([0.5, -0.3, 0.0, 2.0, -2.0, 1.0, -0.1])
+    got = ucob_two_view_loss(lp_rows, lp_view, tokens, weight, top_k=top_k, divergence=divergence, beta=5.0)
+    R, C = lp_rows.tolist(), lp_view.tolist()
+    for i in range(n):
+        w, a = float(weight[i]), int(tokens[i])
+        if w > 0:  # the context view teaches the plain one
+            want = w * _topk_kl_loop(R[i], C[i], a, top_k, divergence, 5.0)
+        else:  # the plain view teaches the context one
+            want = -w * _topk_kl_loop(C[i], R[i], a, top_k, divergence, 5.0)
+        assert float(got[i].detach()) == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # each direction moves only its learner: the taught view's rows get gradient, the teacher's none
+    got.sum().backward()
+    assert lp_rows.grad[weight > 0].abs().sum() > 0 and lp_view.grad[weight > 0].abs().sum() == 0
+    assert lp_view.grad[weight < 0].abs().sum() > 0 and lp_rows.grad[weight < 0].abs().sum() == 0
+    assert lp_rows.grad[2].abs().sum() == 0 and lp_view.grad[2].abs().sum() == 0
+
+
+def test_ucob_update_trains_both_views_as_a_from_scratch_forward():
+    """The update's two-view term (rows and context-view rows, both with grad) against a forward per row by hand."""
+    from stepgym.distill.rescore import context_view, teacher_logprobs
+    from stepgym.distill.shaping import ucob_two_view_loss
+    from stepgym.trainers.credit import AuxLoss
+    from stepgym.trainers.update import UpdateInputs, _two_view_aux
+    from trainer_helpers import concat_sequence, tiny_model
+
+    model = tiny_model(0).float()
+    rows = [
+        concat_sequence([1, 2, 3], [([4, 5], [6]), ([7, 8, 9], [10])], seed=0),
+        concat_sequence([1, 2], [([11, 12, 13], [14])], seed=1),
+    ]
+    hind = [[20, 21, 22], [23]]
+    L = max(len(r.ids) for r in rows)
+    view = context_view(rows, hind, placement="prompt", length=L)
+    # the view's rows are what the rescoring teacher scores: same log-probs of the targets
+    logp_t, target = teacher_logprobs(model, rows, hind, placement="prompt")
+    ids = torch.zeros(2, L, dtype=torch.long)
+    attn = torch.zeros(2, L, dtype=torch.long)
+    mask = torch.zeros(2, L)
+    for b, r in enumerate(rows):
+        ids[b, : len(r.ids)] = torch.tensor(r.ids)
+        attn[b, : len(r.ids)] = 1
+        mask[b, : len(r.ids)] = torch.tensor(r.loss_mask, dtype=torch.float32)
+    with torch.no_grad():
+        lv = torch.log_softmax(model(input_ids=view.input_ids, attention_mask=view.attention_mask).logits, -1)
+    for b, p in target.nonzero().tolist():
+        vp = int(view.position[b, p])
+        assert float(lv[b, vp - 1, ids[b, p]]) == pytest.approx(float(logp_t[b, p]), abs=1e-5)
+    # row 0 is taught by the context view and row 1 teaches it; or row 0 has no term (and runs no view forward)
+    for row_w in ([0.7, -1.3], [0.0, -1.3]):
+        weight = target * torch.tensor(row_w)[:, None]
+        fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
+        micro = UpdateInputs(
+            input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
+            aux=AuxLoss(fn, 0.05, target, logp_t, weight=weight, view=view),
+        )  # fmt: skip
+        model.zero_grad()
+        got = _two_view_aux(model, micro, target, 1.0)
+        got.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        # by hand: one full forward per row and per view row, then the spec loop's term per target token
+        model.zero_grad()
+        total = 0.0
+        for b, r in enumerate(rows):
+            lr = torch.log_softmax(model(input_ids=torch.tensor([r.ids])).logits[0], -1)  # [n, V]
+            vrow = view.input_ids[b, : int(view.attention_mask[b].sum())]
+            lvv = torch.log_softmax(model(input_ids=vrow[None]).logits[0], -1)  # [nv, V]
+            for p in target[b].nonzero().flatten().tolist():
+                vp = int(view.position[b, p])
+                term = fn(lr[p - 1][None], lvv[vp - 1][None], ids[b, p][None], weight[b, p][None])[0]
+                assert float(got[b, p].detach()) == pytest.approx(float(term.detach()), rel=1e-4, abs=1e-6)
+                total = total + term
+        total.backward()
+        for g1, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(g1, p.grad, atol=1e-5, rtol=1e-4)
+        assert any(g.abs().sum() > 0 for g in grads)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -366,3 +493,46 @@ def test_contrast_hindsight_template_and_written():
     out = llm_contrast_hindsight_batch(group, write)
     assert out == ["sibling_contrast:\ncool, not heat.", "sibling_contrast:\ncool, not heat.", None]
     assert len(prompts) == 1 and "action: cool" in prompts[0] and "action: heat" in prompts[0]
+
+
+def test_ucob_term_in_ppo_update_is_the_gradient_of_coef_times_its_token_mean():
+    """ppo_update backpropagates the two-view term on its own (to free its graphs early).
+
+    With zero advantages and plain SGD, the step is exactly -lr * coef * grad of the term's mean over the target
+    tokens, in 1 or 2 micro-batches.
+    """
+    from stepgym.distill.rescore import context_view
+    from stepgym.distill.shaping import ucob_two_view_loss
+    from stepgym.trainers.config import LossConfig
+    from stepgym.trainers.credit import AuxLoss
+    from stepgym.trainers.update import UpdateInputs, _two_view_aux, ppo_update
+    from trainer_helpers import concat_sequence, tiny_model
+
+    rows = [
+        concat_sequence([1, 2, 3], [([4, 5], [6]), ([7, 8, 9], [10])], seed=0),
+        concat_sequence([1, 2], [([11, 12, 13], [14])], seed=1),
+    ]
+    L = max(len(r.ids) for r in rows)
+    view = context_view(rows, [[20, 21, 22], [23]], placement="prompt", length=L)
+    ids, attn, mask = torch.zeros(2, L, dtype=torch.long), torch.zeros(2, L, dtype=torch.long), torch.zeros(2, L)
+    for b, r in enumerate(rows):
+        ids[b, : len(r.ids)], attn[b, : len(r.ids)] = torch.tensor(r.ids), 1
+        mask[b, : len(r.ids)] = torch.tensor(r.loss_mask, dtype=torch.float32)
+    fn = functools.partial(ucob_two_view_loss, top_k=8, divergence="forward", beta=5.0)
+    # both rows taught, or only the second (the first then runs no view forward)
+    for row_w, micro_batch_size in (([0.7, -1.3], 2), ([0.7, -1.3], 1), ([0.0, -1.3], 2)):
+        weight = mask * torch.tensor(row_w)[:, None]
+        inputs = UpdateInputs(
+            input_ids=ids, attention_mask=attn, mask=mask, logp_old=torch.zeros(2, L), advantages=torch.zeros(2, L),
+            aux=AuxLoss(fn, 0.5, mask, torch.zeros(2, L), weight=weight, view=view),
+        )  # fmt: skip
+        ref = tiny_model(0).float()
+        (0.5 * (_two_view_aux(ref, inputs, mask, 1.0) * mask).sum() / mask.sum()).backward()
+        model = tiny_model(0).float()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        out = ppo_update(model, opt, inputs, loss_config=LossConfig(), micro_batch_size=micro_batch_size,
+                         max_grad_norm=None)  # fmt: skip
+        assert out["loss/aux"] > 0
+        for p0, p, r in zip(before, model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p0 - p, r.grad, atol=1e-6, rtol=1e-4)

@@ -74,13 +74,55 @@ def test_atod_with_a_separate_teacher_model(tmp_path):
     result = _run(cfg)
     # a different model disagrees with the student: the OPD term is not 0 (a self-teacher without hindsight is)
     assert result.history[0]["credit/delta_abs_failed"] > 0.05
-    # a teacher with another tokenizer is refused before training
+    # a teacher with another tokenizer reads hindsight only before the row: refused before training otherwise
     other = build_sandbox_model(tmp_path / "other")
-    with pytest.raises(ValueError, match="different tokenizer"):
-        run_training(_config(tmp_path / "run2", SANDBOX, "atod", teacher={"model": str(other), "hindsight": []}))
+    with pytest.raises(ValueError, match="another tokenizer.*placement='prompt'"):
+        run_training(_config(tmp_path / "run2", SANDBOX, "atod", teacher={"model": str(other), "placement": "inline"}))
+
+
+@pytest.mark.slow
+def test_atod_with_smollm2_teaching_the_tiny_model(tmp_path):
+    # SmolLM2-135M (another tokenizer) scores the tiny model's text (distill/cross_tokenizer.py); 18-64 s (load 3-7)
+    cfg = _config(tmp_path, SANDBOX, "atod", teacher={"model": "smollm2-135m", "hindsight": []})
+    result = _run(cfg)
+    assert all(h["credit/delta_abs_failed"] > 0.5 and h["credit/rho"] < 1 for h in result.history), result.history
 
 
 @pytest.mark.slow
 def test_llm_judge_and_written_contrast_run_on_the_policy(tmp_path):
     _run(_config(tmp_path / "triage", SANDBOX, "triage", judge="llm"))
     _run(_config(tmp_path / "sgcd", SANDBOX, "sgcd", teacher={"contrast": "policy"}, group_size=4))
+
+
+def test_ucob_trains_both_views_in_both_directions(tmp_path):
+    """UCOB through the loop (grpo.train) on the trivial env, whose groups mix wins and losses: visits below
+    their state's mean return are taught by the context view, those above teach it, and the term moves weights."""
+    from stepgym.distill.rescore import context_view
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.grpo import train
+    from trainer_helpers import logprob_teacher, tiny_model, trivial_rollout
+
+    def teacher(model, batch, trajs):  # the context block [20, 21] before each row's prompt, as rows
+        logp, mask = logprob_teacher(model, batch, trajs)
+        rows = [seq for traj in trajs for seq in traj.sequences]
+        view = context_view(rows, [[20, 21]] * len(rows), placement="prompt", length=batch.input_ids.shape[1])
+        return logp, mask, view
+
+    cfg = TrainConfig(
+        model="tiny", env_id="test/Trivial-v0", group_size=8, tasks_per_step=4, micro_batch_size=16, total_steps=2,
+        checkpoint_every=0, output_dir=str(tmp_path), seed=3, credit="ucob", credit_kwargs={"coef": 1.0},
+    )  # fmt: skip
+    model = tiny_model(0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hist = train(cfg, model=model, task_ids=[f"t{i}" for i in range(4)], rollout=trivial_rollout(8), teacher=teacher)
+    assert all(h["credit/to_plain_frac"] > 0 and h["credit/to_context_frac"] > 0 for h in hist), hist
+    assert all(h["loss/aux"] > 0 for h in hist)
+    assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+
+
+def test_ucob_view_placements(tmp_path):
+    # prefix (the credit comparison's placement) builds the view too; inline has one block per step: refused up front
+    result = _run(_config(tmp_path / "prefix", SANDBOX, "ucob", teacher={"placement": "prefix"}))
+    assert all("credit/to_context_frac" in h for h in result.history)
+    with pytest.raises(ValueError, match="placement='prompt'.*not 'inline'"):
+        run_training(_config(tmp_path / "inline", SANDBOX, "ucob", teacher={"placement": "inline"}))

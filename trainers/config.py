@@ -192,8 +192,9 @@ class TeacherConfig(_Config):
     """Most tokens of a policy-written contrast."""
     model: str | None = None
     """A separate, frozen teacher model (a name or folder as for ``TrainConfig.model``; ATOD's larger teacher,
-    or an SFT'd checkpoint) instead of the policy's snapshot. It must share the policy's tokenizer: rescoring
-    compares log-probs of the same token ids (cross-tokenizer distillation is not supported)."""
+    or an SFT'd checkpoint) instead of the policy's snapshot. With another tokenizer than the policy's it scores
+    the rows' text, aligned to the policy's tokens by character spans (``distill/cross_tokenizer.py``, [recon];
+    hindsight then only with ``placement="prompt"``)."""
 
 
 class EvalConfig(_Config):

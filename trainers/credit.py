@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from stepgym.distill.rescore import ContextView
 from stepgym.distill.segment import step_ids
 from stepgym.distill.shaping import (
     discounted_returns,
@@ -109,6 +110,9 @@ class CreditBatch:
     ``observations``; ``trainers.credit_inputs.observation_steps``)."""
     roles: tuple[tuple[str, ...], ...] | None = None
     """Per trajectory, a judge's role label of each step (methods needing ``judge``)."""
+    context_view: ContextView | None = None
+    """The rows with the teacher's context block inserted once, as a batch (teacher placements ``prefix``/``prompt``;
+    UCOB trains the policy under both views)."""
 
     def __post_init__(self) -> None:
         shape = tuple(self.mask.shape)
@@ -156,6 +160,10 @@ class AuxLoss:
     """True drops the policy-gradient term (OPSD alone)."""
     weight: torch.Tensor | None = None
     """[B, L] float: a per-token weight handed to ``fn`` as ``weight=`` (CRAFT's signed credit)."""
+    view: ContextView | None = None
+    """A second view of the rows that the update runs forward on *with* grad (UCOB). Then ``fn`` is called as
+    ``fn(logp_rows [N, V], logp_view [N, V], tokens [N], weight [N]) -> [N]`` on the full log-softmax at the
+    ``N`` target tokens (row-major) under the rows and under the view, not on the sampled tokens' log-probs."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,8 @@ NEEDS: dict[str, str] = {
     "entropy": "the student's per-token entropy (CreditBatch.entropy)",
     "observations": "observation tokens as targets, with the step they follow (CreditBatch.obs_step)",
     "judge": "a role label per step (CreditBatch.roles) from the configured judge (distill/judge.py)",
+    "context_view": "the teacher's context block as rows that the update runs forward on with grad "
+    "(CreditBatch.context_view; teacher placements 'prefix'/'prompt')",
 }
 """What a credit method may declare it needs, and what the loop then fills in."""
 
@@ -402,6 +412,8 @@ def _need(batch: CreditBatch, field_name: str, method: str) -> torch.Tensor:
             "entropy": "declare needs=('entropy',) so the loop fills CreditBatch.entropy",
             "obs_step": "declare needs=('observations',) so the loop finds the observation tokens",
             "roles": "declare needs=('judge',) so the configured judge labels every step",
+            "context_view": "declare needs=('teacher', 'context_view') and set teacher.placement='prompt' (or "
+            "'prefix'), so the teacher returns its context block as rows",
         }[field_name]
         raise ValueError(f"credit method {method!r} needs CreditBatch.{field_name}, which is None; {how}")
     return t

@@ -1,6 +1,6 @@
 """The related 2026 step/turn-level credit methods as registry plug-ins (ALGORITHMS.md §10, all [recon]).
 
-CRAFT, SGCD, PaW, ATOD, TRIAGE and UCOB (one direction only, see :func:`ucob`), each through the
+CRAFT, SGCD, PaW, ATOD, TRIAGE and UCOB, each through the
 registry's one signature and declaring what it needs (``trainers/credit_inputs.py`` fills it). Only
 the papers' abstracts could be read: every formula is our reconstruction, every choice the abstracts
 leave open is a keyword option whose default is the one written in the spec (or, where the spec is
@@ -24,7 +24,7 @@ from stepgym.distill.shaping import (
     rising_schedule,
     robust_nll,
     sgcd_shape,
-    ucob_token_loss,
+    ucob_two_view_loss,
 )
 from stepgym.trainers.credit import (
     AuxLoss,
@@ -232,8 +232,10 @@ def atod(
     (:func:`~stepgym.distill.shaping.rising_schedule`). Turn weights ``u_k = 1 + kappa * norm(D_k U_k)``
     renormalised to mean 1 (:func:`~stepgym.distill.shaping.atod_turn_weights`); ``D_k`` the turn's
     mean ``|logp_T - logp_S|``, ``U_k`` its mean student entropy. ``rho0 = 1`` is GRPO exactly.
-    The teacher: a separate model with the policy's tokenizer (``teacher.model``, e.g. an SFT'd
-    checkpoint; set ``teacher.hindsight=[]``), or the hindsight self-teacher.
+    The teacher: a separate model (``teacher.model``; set ``teacher.hindsight=[]``), e.g. an SFT'd checkpoint
+    of the policy or a larger model with another tokenizer (SmolLM2-135M teaching the tiny model scores the
+    rows' text, aligned by character spans: :mod:`stepgym.distill.cross_tokenizer`, [recon]), or the
+    hindsight self-teacher.
 
     Args:
         batch: The credit batch.
@@ -323,43 +325,69 @@ def triage(
     return CreditOutput(out, metrics={**_summary(out, batch.mask), "beta": beta, **metrics})
 
 
-@register_credit("ucob", needs=("teacher",), config_defaults={"teacher.hindsight": ("expert_plan", "gold")})
+@register_credit(
+    "ucob",
+    needs=("teacher", "context_view"),
+    config_defaults={
+        "teacher.hindsight": ("expert_plan", "gold"),
+        "teacher.placement": "prompt",
+        "teacher.mode": "live",
+    },
+)
 def ucob(
     batch: CreditBatch,
     *,
     coef: float = 0.05,
     beta: float = 5.0,
     w_max: float = 2.0,
+    top_k: int = 32,
+    divergence: str = "forward",
+    directions: str = "both",
     gamma: float = 1.0,
     normalize_std: bool = True,
 ) -> CreditOutput:
-    """UCOB: bidirectional distillation between two context views, reduced to one direction (arXiv 2606.29502) [recon].
+    """UCOB: bidirectional distillation between two context views (arXiv 2606.29502) [recon].
 
-    The second view is the policy with a context block (the teacher's hindsight parts, default
-    ``("expert_plan", "gold")`` in place of the paper's skills) rescoring the sampled tokens. At an
-    anchor state (steps of one group with the same anchor observation, as GiGPO), a visit whose
-    return-to-go ``G`` falls short of the state's mean ``Gbar`` learns from the context view:
-    SDAR's gated term with weight ``min(w_max, Gbar - G)`` (:func:`~stepgym.distill.shaping.ucob_token_loss`;
-    gate ``beta`` 5, coefficient ``coef`` 0.05, weight max 2 as in the spec). ``coef = 0`` is GRPO exactly.
+    Views: the plain view is the rows as rolled out; the context view is the same rows with a context
+    block in the prompt (the teacher's hindsight parts, default ``("expert_plan", "gold")`` in place of
+    the paper's skills; ``teacher.placement="prompt"``), as :class:`~stepgym.distill.rescore.ContextView`
+    rows that the update runs forward on with grad, so the policy learns under both views. Both views
+    are the current policy (``teacher.mode="live"``).
 
-    Not built, honestly: both views rolled out on-policy (only the plain view is; the context view
-    rescores its tokens), the reverse direction (the plain view teaching the context view needs the
-    policy's forward under the context block inside the update), the top-K (32) restricted divergence
-    (rescoring keeps the sampled tokens' log-probs, not the top-K distribution), and the skill memory.
+    Local teacher [recon]: at an anchor state (the steps of one group with the same anchor observation,
+    as GiGPO), a visit whose return-to-go ``G`` is below the state's mean ``Gbar`` is taught by the
+    context view (weight ``min(w_max, Gbar - G)``); a visit above it teaches the context view (weight
+    ``min(w_max, G - Gbar)``). Only the plain view is rolled out, so the context view's return at a state
+    is taken to be the state's mean: the view whose behaviour led to the higher return teaches.
+    The term (:func:`~stepgym.distill.shaping.ucob_two_view_loss`) is the top-K (32) restricted
+    divergence gated as SDAR (gate ``beta`` 5), coefficient 0.05, weight max 2, as in the spec.
+    ``coef = 0`` is GRPO exactly; the advantage is always GRPO's.
+
+    Not built: rolling out the context view on-policy (it rescores and trains on the plain view's
+    tokens) and the paper's skill memory.
 
     Args:
         batch: The credit batch.
         coef: Weight of the distillation term [spec: 0.05].
         beta: Gate sharpness [spec: 5].
         w_max: Largest local-teacher weight [spec: 2].
+        top_k: Size of the teacher's candidate set the divergence is restricted to (0 = full vocabulary) [spec: 32].
+        divergence: ``forward`` (``KL(teacher || learner)`` over the top K) or ``reverse`` [recon: forward].
+        directions: ``both``, ``to_plain`` (only the context view teaches) or ``to_context`` [spec: both].
         gamma: Discount of the return-to-go [recon: 1].
         normalize_std: GRPO's std normalisation (off = Dr.GRPO).
     """
+    if directions not in ("both", "to_plain", "to_context"):
+        raise ValueError(f"ucob directions must be 'both', 'to_plain' or 'to_context', got {directions!r}")
+    if divergence not in ("forward", "reverse"):
+        raise ValueError(f"ucob divergence must be 'forward' or 'reverse', got {divergence!r}")
+    if top_k < 0:
+        raise ValueError(f"ucob top_k must be >= 0 (0 = the whole vocabulary), got {top_k}")
     adv = _outcome(batch, normalize_std)  # [B, L]
     if coef == 0:
         return CreditOutput(adv, metrics=_summary(adv, batch.mask))
     anchors = _need(batch, "anchors", "ucob")
-    lt = _need(batch, "logp_teacher", "ucob")
+    view = _need(batch, "context_view", "ucob")
     sid, step_traj, step_k = _steps(batch)
     rtg = {t: discounted_returns(torch.tensor(r, dtype=torch.float64), gamma) for t, r in enumerate(batch.step_rewards)}
     keys: dict[tuple[int, str], int] = {}
@@ -373,13 +401,22 @@ def ucob(
     c = torch.tensor(cluster, dtype=torch.long)  # [S]
     n = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, c, torch.ones_like(g))  # [C]
     gbar = (torch.zeros(len(keys), dtype=torch.float64).index_add_(0, c, g) / n.clamp(min=1))[c]  # [S]
-    w = torch.where(n[c] >= 2, (gbar - g).clamp(min=0.0, max=w_max), torch.zeros_like(g)).float()  # [S]
+    w = torch.where(n[c] >= 2, (gbar - g).clamp(min=-w_max, max=w_max), torch.zeros_like(g)).float()  # [S] signed
+    if directions == "to_plain":
+        w = w.clamp(min=0)
+    elif directions == "to_context":
+        w = w.clamp(max=0)
     weight = _per_step(w, sid) * batch.targets  # [B, L]
-    aux = AuxLoss(functools.partial(ucob_token_loss, beta=beta), coef, batch.targets, lt, weight=weight)
-    delta = _delta(batch, "ucob")
+    fn = functools.partial(ucob_two_view_loss, top_k=top_k, divergence=divergence, beta=beta)
+    aux = AuxLoss(fn, coef, batch.targets, _need(batch, "logp_teacher", "ucob"), weight=weight, view=view)
+    if not bool((weight != 0).any()):  # no target token is taught: the term is 0, skip its two forwards per micro-batch
+        aux = None
     metrics = {
-        "teach_frac": float((w > 0).float().mean()) if w.numel() else 0.0,
-        "weight_mean": float(w.mean()) if w.numel() else 0.0,
-        **_delta_metrics(batch, delta),
+        "taught_tokens": float((weight != 0).sum()),
+        "teach_frac": float((w != 0).float().mean()) if w.numel() else 0.0,
+        "to_plain_frac": float((w > 0).float().mean()) if w.numel() else 0.0,
+        "to_context_frac": float((w < 0).float().mean()) if w.numel() else 0.0,
+        "weight_mean": float(w.abs().mean()) if w.numel() else 0.0,
+        **_delta_metrics(batch, _delta(batch, "ucob")),
     }
     return CreditOutput(adv, aux=aux, metrics={**_summary(adv, batch.mask), **metrics})

@@ -197,8 +197,10 @@ def fill_credit_inputs(
     if method.needs_teacher:
         scorer = teacher_model if teacher_model is not None else model
         with torch.no_grad(), _unsharded(scorer):
-            logp_teacher, target_mask = teacher(scorer, batch, list(trajectories))
-        credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask)
+            scored = teacher(scorer, batch, list(trajectories))
+        logp_teacher, target_mask = scored[:2]
+        view = scored[2] if len(scored) > 2 else None  # the context block as rows (prefix/prompt placements)
+        credit = replace(credit, logp_teacher=logp_teacher, target_mask=target_mask, context_view=view)
     if "observations" in method.needs:
         ids, attn = batch.input_ids, batch.attention_mask
         credit = replace(

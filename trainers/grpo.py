@@ -112,8 +112,9 @@ logger = logging.getLogger(__name__)
 
 RolloutFn = Callable[[torch.nn.Module, list[Task], int], list[Trajectory]]
 """``(model, task_ids, seed) -> trajectories`` (``group_size`` per task, sharing a ``group_id``)."""
-TeacherFn = Callable[[torch.nn.Module, RolloutBatch, list[Trajectory]], tuple[torch.Tensor, torch.Tensor]]
-"""``(teacher_model, batch, trajectories) -> (logp_teacher [B, L], target_mask [B, L])``."""
+TeacherFn = Callable[[torch.nn.Module, RolloutBatch, list[Trajectory]], tuple[Any, ...]]
+"""``(teacher_model, batch, trajectories) -> (logp_teacher [B, L], target_mask [B, L])``, optionally followed by the
+context view as rows (``distill.rescore.ContextView``; ``prefix``/``prompt`` placements)."""
 EvalFn = Callable[[torch.nn.Module, int], dict[str, float]]
 """``(model, step) -> {"<subset>/<metric>": value}``; logged under ``eval/``."""
 

@@ -25,14 +25,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from stepgym.agents.hf import HFPolicy
-from stepgym.agents.models import load_model
+from stepgym.agents.models import load_model, load_tokenizer
 from stepgym.agents.policy import SamplingParams
 from stepgym.agents.render import ChatRenderer
 from stepgym.agents.rollout import collect
 from stepgym.agents.vllm import VLLMPolicy, require_vllm
-from stepgym.distill.hindsight import build_hindsight_batch, llm_contrast_hindsight_batch, render_hindsight
+from stepgym.distill.cross_tokenizer import cross_tokenizer_logprobs
+from stepgym.distill.hindsight import (
+    DEFAULT_TEMPLATE,
+    build_hindsight_batch,
+    llm_contrast_hindsight_batch,
+    render_hindsight,
+)
 from stepgym.distill.judge import JudgeFn, llm_judge, oracle_judge
-from stepgym.distill.rescore import teacher_logprobs
+from stepgym.distill.rescore import context_view, teacher_logprobs
 from stepgym.envs import resolve_env_id
 from stepgym.envs.capabilities import Task, seed_tasks
 from stepgym.envs.pool import EnvPool
@@ -301,14 +307,23 @@ def _text_generator(policy: Any, tokenizer: Any, *, max_new_tokens: int, seed: i
     return generate
 
 
-def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> TeacherFn:
+def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None, *, with_view: bool = False) -> TeacherFn:
     """The loop's teacher: hindsight text per trajectory (ALGORITHMS.md §4.2) -> batched rescoring.
 
     The hindsight parts are ``teacher.hindsight`` (a method's own parts, e.g. SGCD's contrast, fill it
     when it is left unset: ``config_defaults``); with ``teacher.contrast="policy"`` the ``contrast`` part is
-    written by ``policy`` (SGCD's LLM-written contrast).
+    written by ``policy`` (SGCD's LLM-written contrast). ``with_view`` (methods needing ``context_view``,
+    UCOB) also returns the rows with the block inserted (:func:`~stepgym.distill.rescore.context_view`).
+
+    Raises:
+        ValueError: ``with_view`` under the ``inline`` placement (one block per step, no single view row).
     """
     t = config.teacher
+    if with_view and t.placement == "inline":
+        raise ValueError(
+            f"credit method {config.credit!r} trains the policy under the teacher's context view, which needs one "
+            "context block per row; set teacher.placement='prompt' (or 'prefix'), not 'inline'"
+        )
     parts = tuple(t.hindsight)
     written = "contrast" in parts and t.contrast == "policy"
     if written and policy is None:
@@ -317,16 +332,41 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> Tea
     if written:
         write = _text_generator(policy, tokenizer, max_new_tokens=t.contrast_max_tokens, seed=config.seed)
     plain = tuple(p for p in parts if not (written and p == "contrast"))
+    cross = _cross_tokenizer(config, tokenizer)
+    if cross is not None and with_view:
+        raise ValueError(
+            f"credit method {config.credit!r} trains the policy under the teacher's context view, which a teacher "
+            f"with another tokenizer ({t.model!r}) cannot give; drop teacher.model"
+        )
+    if cross is not None and parts and t.placement != "prompt":
+        raise ValueError(
+            f"teacher.model {t.model!r} has another tokenizer, so it reads hindsight only before the row "
+            f"(teacher.placement='prompt'), not {t.placement!r}; set teacher.placement='prompt' or teacher.hindsight=[]"
+        )
 
-    def teacher(
-        model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher(model: torch.nn.Module, batch: RolloutBatch, trajs: list[Trajectory]) -> tuple[Any, ...]:
         texts = build_hindsight_batch(trajs, plain)
         if write is not None:
             extra = llm_contrast_hindsight_batch(trajs, write)
             texts = ["\n".join(x for x in pair if x) or None for pair in zip(texts, extra)]
-        per_traj = [render_hindsight(text, tokenizer) for text in texts]
         rows = [seq for traj in trajs for seq in traj.sequences]
+        if cross is not None:  # another vocabulary: the teacher scores the rows' text (distill/cross_tokenizer.py)
+            logp_t, target = cross_tokenizer_logprobs(
+                model,
+                cross,
+                tokenizer,
+                rows,
+                hindsight_texts=[
+                    DEFAULT_TEMPLATE.format(text=texts[int(i)]) if texts[int(i)] else None
+                    for i in batch.credit.traj_index
+                ],
+                target=t.target,
+                placement=t.placement,
+                temperature=config.sampling.temperature or 1.0,
+            )
+            device = batch.input_ids.device
+            return logp_t.to(device), target.to(device)
+        per_traj = [render_hindsight(text, tokenizer) for text in texts]
         hindsight = [per_traj[int(i)] for i in batch.credit.traj_index]
         logp_t, target = teacher_logprobs(
             model,
@@ -341,29 +381,43 @@ def make_teacher(tokenizer: Any, config: TrainConfig, policy: Any = None) -> Tea
         if logp_t.shape[1] != L:  # rows are padded to the same longest row; guard the contract
             raise RuntimeError(f"teacher rows have length {logp_t.shape[1]} but the batch has {L}")
         device = batch.input_ids.device
-        return logp_t.to(device), target.to(device)
+        if not with_view:
+            return logp_t.to(device), target.to(device)
+        # one block per row: the same rows as a batch the update can run forward on (UCOB's two views)
+        view = context_view(rows, hindsight, placement=t.placement, length=L, device=device)
+        return logp_t.to(device), target.to(device), view
 
     return teacher
+
+
+def _cross_tokenizer(config: TrainConfig, tokenizer: Any) -> Any | None:
+    """The tokenizer of ``teacher.model`` when it differs from the policy's (rescoring by text), else ``None``."""
+    name = config.teacher.model
+    if name is None:
+        return None
+    teacher_tok = load_tokenizer(name)
+    if teacher_tok.get_vocab() == tokenizer.get_vocab():
+        return None
+    logger.info(
+        "teacher.model %r has another tokenizer (%d tokens) than the policy %r (%d): it scores the rows' text, "
+        "aligned to the policy's tokens by character spans (distill/cross_tokenizer.py, [recon])",
+        name,
+        len(teacher_tok),
+        config.model,
+        len(tokenizer),
+    )
+    return teacher_tok
 
 
 def build_teacher_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module | None:
     """The separate teacher of ``teacher.model`` (frozen, eval, on the policy's device), or ``None``.
 
-    Raises:
-        ValueError: Its tokenizer differs from the policy's (rescoring compares log-probs of the same
-            token ids; cross-tokenizer distillation is not supported).
+    A teacher with another tokenizer scores the rows' text (:func:`make_teacher`; ``distill/cross_tokenizer.py``).
     """
     name = config.teacher.model
     if name is None:
         return None
-    model, teacher_tok = load_model(name, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
-    if teacher_tok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
-            f"teacher.model {name!r} has a different tokenizer ({len(teacher_tok)} tokens) from the policy "
-            f"{config.model!r} ({len(tokenizer)} tokens); teacher rescoring needs the same token ids. Use a teacher "
-            "with the policy's tokenizer (e.g. an SFT'd checkpoint of the policy); cross-tokenizer distillation "
-            "is not supported"
-        )
+    model, _ = load_model(name, dtype=config.dtype, device=resolve_device(config), seed=config.seed)
     return model.eval().requires_grad_(False)
 
 
@@ -506,7 +560,9 @@ def run_training(
             model=model,
             task_ids=tasks,
             rollout=_rollout(pool, policy, renderer, config, wrap_rollout, sync) if pool is not None else _no_rollout,
-            teacher=make_teacher(tokenizer, config, policy) if method.needs_teacher else None,
+            teacher=make_teacher(tokenizer, config, policy, with_view="context_view" in method.needs)
+            if method.needs_teacher
+            else None,
             teacher_model=build_teacher_model(config, tokenizer) if method.needs_teacher else None,
             judge=make_judge(config, policy, tokenizer) if "judge" in method.needs else None,
             evaluate=make_evaluator(config, tokenizer) if config.eval.every and rank == 0 else None,

@@ -37,6 +37,7 @@ __all__ = [
     "UpdateInputs",
     "compute_logprobs",
     "compute_logprobs_and_values",
+    "log_softmax_at",
     "ppo_update",
     "token_logprobs",
 ]
@@ -108,6 +109,62 @@ def token_logprobs(
         entropy = entropy * score_mask if entropy is not None else None
         values = values * score_mask if values is not None else None
     return logp, entropy, values
+
+
+def log_softmax_at(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L] long
+    attention_mask: torch.Tensor,  # [B, L]
+    rows: torch.Tensor,  # [N] long
+    positions: torch.Tensor,  # [N] long, >= 1
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:  # [N, V]
+    """The full next-token log-softmax that predicts token ``input_ids[rows, positions]`` (with grad).
+
+    For divergences over more than the sampled token (UCOB's top-K); the LM head runs on the ``N``
+    predicting states only when the model exposes a decoder and is not FSDP-wrapped.
+    """
+    t = temperature if temperature > 0 else 1.0
+    decoder = getattr(model, "get_decoder", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is not None and head is not None and not _is_fsdp(model):
+        hidden = decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        logits = head(hidden[rows, positions - 1]).float() / t  # [N, V]
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[rows, positions - 1].float() / t  # [N, V]
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _two_view_aux(
+    model: torch.nn.Module, micro: UpdateInputs, target: torch.Tensor, temperature: float
+) -> torch.Tensor:  # [b, L]
+    """The per-token loss of an auxiliary term with a second view (``AuxLoss.view``).
+
+    Both views run forward with grad and ``fn`` sees their full log-softmax at each target token (UCOB's
+    bidirectional top-K term).
+    """
+    aux = micro.aux
+    if aux is None or aux.view is None:
+        raise ValueError("_two_view_aux needs an AuxLoss with a view")
+    active = (target > 0) if aux.weight is None else (target > 0) & (aux.weight != 0)  # [b, L] tokens with a term
+    # only the rows holding such a token run forward (at least one row, so every process runs both forwards)
+    sel = active.any(dim=1).nonzero().flatten()  # [s]
+    sel = sel if sel.numel() else torch.zeros(1, dtype=torch.long, device=target.device)
+    r, pos = active[sel].nonzero(as_tuple=True)  # [N] r indexes sel
+    rows = sel[r]  # [N] micro-batch rows
+    tokens = micro.input_ids[rows, pos]  # [N]
+    ids, attn = micro.input_ids[sel], micro.attention_mask[sel]
+    lp_rows = log_softmax_at(model, ids, attn, r, pos, temperature=temperature)  # [N, V]
+    vpos = aux.view.position[rows, pos]  # [N]
+    if bool((vpos < 1).any()):
+        raise ValueError("a target token has no place in the context view (ContextView.position < 1)")
+    view = aux.view.rows(sel)
+    lp_view = log_softmax_at(model, view.input_ids, view.attention_mask, r, vpos, temperature=temperature)  # [N, V]
+    w = aux.weight[rows, pos] if aux.weight is not None else torch.ones_like(rows, dtype=lp_rows.dtype)  # [N]
+    per = aux.fn(lp_rows, lp_view, tokens, w)  # [N]
+    return torch.zeros(target.shape, dtype=per.dtype, device=per.device).index_put((rows, pos), per)  # [b, L]
 
 
 def _is_fsdp(model: torch.nn.Module) -> bool:
@@ -224,6 +281,7 @@ class UpdateInputs:
                 target_mask=aux.target_mask[index],
                 logp_teacher=aux.logp_teacher[index],
                 weight=None if aux.weight is None else aux.weight[index],
+                view=None if aux.view is None else aux.view.rows(index),
             )
         return UpdateInputs(
             input_ids=self.input_ids[index],
@@ -366,6 +424,15 @@ def ppo_update(
                 micro = mb.rows(rows) if not dummy else inputs.rows(torch.tensor([0]))
                 weight = 0.0 if dummy else 1.0
 
+                view_aux = None
+                if micro.aux is not None and micro.aux.view is not None:
+                    # the two-view term (UCOB) runs its own two forwards; its backward comes first, so their graphs
+                    # are freed before the policy's forward (peak memory: two forwards' activations, not three)
+                    view_tok = _two_view_aux(model, micro, micro.aux.target_mask * weight, temperature)  # [b, L]
+                    view_aux = (view_tok * micro.aux.target_mask * weight).sum() / tgt_norm
+                    if bool(torch.isfinite(view_aux.detach())):  # a non-finite one stops below with the loss
+                        (micro.aux.coef * view_aux * world).backward()
+                    view_aux = view_aux.detach()
                 scored = micro.mask if micro.aux is None else torch.maximum(micro.mask, micro.aux.target_mask)
                 logp, entropy, values = token_logprobs(
                     model,
@@ -406,9 +473,12 @@ def ppo_update(
                     loss = loss - cfg.entropy_coef * ent
                 if micro.aux is not None:
                     target = micro.aux.target_mask * weight  # [b, L]
-                    weighted = {} if micro.aux.weight is None else {"weight": micro.aux.weight}
-                    aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target, **weighted)  # [b, L]
-                    aux_loss = (aux_tok * target).sum() / tgt_norm
+                    if view_aux is not None:
+                        aux_loss = view_aux  # already backpropagated above
+                    else:
+                        weighted = {} if micro.aux.weight is None else {"weight": micro.aux.weight}
+                        aux_tok = micro.aux.fn(logp, micro.aux.logp_teacher, target, **weighted)  # [b, L]
+                        aux_loss = (aux_tok * target).sum() / tgt_norm
                     terms["aux"] = aux_loss
                     loss = loss + micro.aux.coef * aux_loss
                 if train_value:
