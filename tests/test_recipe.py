@@ -298,3 +298,29 @@ def test_cpu_preset_arms_share_one_warm_start_and_compare_with_cis(tmp_path):
     assert set(rows) == {"nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "all"}
     assert rows["all"]["grpo - SFT"]["pairs"] == 7 and "stepopsd - grpo" in rows["all"]
     assert "paired bootstrap 95% CIs" in (out / "comparison.md").read_text()
+
+
+def test_sft_micro_batches_give_the_same_update():
+    """Gradient accumulation over micro-batches re-weights each by its token share: the same loss and step."""
+    import torch
+    from stepgym.agents.models import load_model
+    from stepgym.agents.sandbox_agents import NoisyExpert
+    from stepgym.trainers.sft import collect_demonstrations, sft_train
+
+    env, kw = "stepgym/Sandbox-One-v0", {"num_tasks": 2, "max_steps": 6}
+    _, tok = load_model("tiny", seed=0)
+    # per-step rows of different lengths, so the micro-batches hold different numbers of trained tokens
+    demos = collect_demonstrations(env, lambda k: NoisyExpert(0.0, seed=k), tok, ["heat-train-0", "cool-train-1"],
+                                   env_kwargs=kw, layout="per-step")  # fmt: skip
+    rows = [s for d in demos for s in d.sequences]
+    assert len(rows) > 5 and len({s.num_generated for s in rows}) > 1  # several steps of 5 rows, unequal rows
+    runs = {}
+    for micro in (None, 1, 3):
+        model, _ = load_model("tiny", seed=0)
+        losses = sft_train(model, demos, epochs=2, lr=1e-3, batch_size=5, seed=0, micro_batch_size=micro)
+        runs[micro] = (losses, torch.cat([p.detach().flatten() for p in model.parameters()]))
+    for micro in (1, 3):
+        assert runs[micro][0] == pytest.approx(runs[None][0], rel=1e-5)
+        torch.testing.assert_close(runs[micro][1], runs[None][1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="micro_batch_size=0 must be >= 1"):
+        sft_train(model, demos, micro_batch_size=0)

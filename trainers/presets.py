@@ -203,6 +203,9 @@ _CPU: dict[str, Preset] = {
             "group_size": 4,
             "tasks_per_step": 4,
             "num_envs": 16,
+            # rows per forward/backward of SFT and RL updates: a batch of 8 ~500-token rows at once peaked at 12.9 GB
+            # and was OOM-killed on the shared 24 GB machine; 2 at a time gives the same update (accumulated)
+            "micro_batch_size": 2,
             "checkpoint_every": 5,
             # the same lr and sampling for both arms; 1e-6 (the 3B papers' lr) moves a 135M model by nothing in 20 steps
             "optim": {"lr": 1e-5},

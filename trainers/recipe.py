@@ -192,6 +192,7 @@ def sft_stage(
         max_grad_norm=config.optim.max_grad_norm or 1.0,
         schedule=s.schedule,
         on_step=(lambda k, loss: on_step(k, total, loss)) if on_step is not None else None,
+        micro_batch_size=config.micro_batch_size,  # as RL's update: bounds the memory of one forward/backward
     )
     # written aside, then renamed: a crash never leaves a half-written model that a rerun would trust
     tmp = model_dir.with_name(model_dir.name + ".tmp")
