@@ -12,7 +12,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RandomAdmissibleAgent", "WalkthroughAgent", "read_walkthrough"]
+__all__ = ["RandomAdmissibleAgent", "WalkthroughAgent", "read_walkthrough", "won_cleanly"]
+
+
+def won_cleanly(trajectory: Any) -> bool:
+    """Keep-filter of walkthrough demonstrations: the game was won and every step was a valid command.
+
+    The walkthrough wins every game file it comes from (SETUP.md), so a lost or truncated episode means
+    the env, the data or a limit (``max_turns``, ``max_total_tokens``) cut it: cloning it would teach
+    the model to stop half way. An invalid step would teach it a command the game rejects.
+    ``trajectory`` is a :class:`~stepgym.envs.records.Trajectory`.
+    """
+    return (
+        bool(trajectory.success)
+        and not trajectory.info.get("truncated_reason")
+        and all(s.valid for s in trajectory.steps)
+    )
 
 
 def read_walkthrough(gamefile: str) -> list[str]:

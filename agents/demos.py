@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepgym.agents.alfworld_agents import WalkthroughAgent, won_cleanly
 from stepgym.envs.records import Trajectory
 from stepgym.envs.searchqa.metrics import normalize_answer
 
@@ -135,5 +136,17 @@ register_demonstrator(
         keep=searchqa_supported,
         description="search the question, answer the gold alias found in the passages; keep only answers the "
         "retrieved passages contain",
+    ),
+)
+
+
+# =========================================================================== ALFWorld (agents/alfworld_agents.py)
+register_demonstrator(
+    "stepgym/ALFWorld-v0",
+    Demonstrator(
+        make_agent=lambda key: WalkthroughAgent(),
+        keep=won_cleanly,
+        description="play the game file's walkthrough (ALFWorld's expert plan); keep won episodes whose every "
+        "command was valid",
     ),
 )

@@ -95,8 +95,10 @@ def test_overrides_nested_and_typed_and_merged_over_the_preset():
 def test_presets_build_valid_configs_for_every_env_family():
     for env_id in ["stepgym/SearchQA-v0", "stepgym/ALFWorld-v0", "stepgym/Sandbox-Two-v0", "thirdparty/X-v0"]:
         for name in P.PRESETS:
-            if not P.has_preset(name, env_id):  # cpu: the full recipe, Search-QA only (ALFWorld: its own runner)
-                with pytest.raises(ValueError, match=f"preset '{name}' is defined for the searchqa env family only"):
+            if not P.has_preset(name, env_id):  # cpu: the full recipe, Search-QA and ALFWorld only
+                with pytest.raises(
+                    ValueError, match=f"preset '{name}' is defined for the alfworld, searchqa env family"
+                ):
                     P.get_preset(name, env_id)
                 continue
             p = P.get_preset(name, env_id)
@@ -363,7 +365,7 @@ def _timed_cli(args):
         (["train", "--env", "serchqa"], "unknown env 'serchqa'; did you mean 'searchqa'?"),
         (["train", "--env", "sandbox", "--method", "stepopsdd"], "unknown method 'stepopsdd'; did you mean 'stepopsd'"),
         (["eval", "--env", "alfwrld", "--checkpoint", "x"], "unknown env 'alfwrld'; did you mean 'alfworld'?"),
-        (["train", "--env", "alfworld", "--preset", "cpu"], "preset 'cpu' is defined for the searchqa env family only"),
+        (["train", "--env", "sandbox", "--preset", "cpu"], "preset 'cpu' is defined for the alfworld, searchqa env"),
     ],
 )
 def test_argument_errors_come_before_torch_within_2_s(args, message):

@@ -223,6 +223,38 @@ _CPU: dict[str, Preset] = {
         "SFT on the kept demonstrations of 256 NQ+HotpotQA train questions (2 epochs); then GRPO and StepOPSD arms "
         "from the same warm start (20 steps of 4 questions x 4 rollouts, lr 1e-5), 3 seeds; paired bootstrap CIs.",
     ),
+    # ALFWorld (issue 16, benchmarks/README.md "ALFWorld recipe"): measured with benchmarks/alfworld_recipe.py
+    "alfworld": Preset(
+        name="cpu",
+        family="alfworld",
+        config={
+            **_SMOKE_COMMON,
+            "env_kwargs": {"split": "train", "max_steps": 15},
+            # one row per episode: a per-step row repeats the protocol and first observation at every step (5x the
+            # tokens of an episode on these games) and SFT of SmolLM2 runs at ~50 tokens/s on one core
+            "layout": "concat",
+            "max_turns": 15,
+            "max_prompt_tokens": 2048,
+            "sampling": {"max_new_tokens": 24, "temperature": 1.0},
+            "total_steps": 10,
+            "group_size": 4,
+            "tasks_per_step": 2,
+            "num_envs": 8,
+            "micro_batch_size": 2,
+            "optim": {"lr": 1e-5},
+            "loss": {"aggregation": "seq-mean-token-mean"},
+            "teacher": {"target": "action", "placement": "prefix", "snapshot_interval": 10},
+            "eval": {"every": 5, "temperature": 0.0, "tasks_per_subset": 3, "env_kwargs": {"split": "valid_unseen"}},
+            "sft": {"enabled": True, "demo_tasks": 100, "epochs": 1, "lr": 1e-4, "batch_size": 2},
+        },
+        eval_splits=(EvalSplit("valid_unseen", {"split": "valid_unseen", "max_steps": 15}),),
+        eval_tasks_per_subset=3,
+        seeds=(0, 1, 2),
+        arms=("grpo", "stepopsd"),
+        notes="The full recipe on ALFWorld: greedy evaluation of 3 valid_unseen games per task type (15 turns); SFT "
+        "on the won walkthrough episodes of 100 valid_train games (1 epoch); then GRPO and StepOPSD arms from the "
+        "same warm start (10 steps of 2 games x 4 rollouts, lr 1e-5), 3 seeds; paired bootstrap CIs.",
+    ),
 }
 
 # --------------------------------------------------------------------------- paper: GPU, ALGORITHMS.md §9
@@ -355,7 +387,7 @@ def get_preset(name: str, env_id: str) -> Preset:
     if env_family(env_id) not in table:
         raise ValueError(
             f"preset {name!r} is defined for the {', '.join(sorted(table))} env family only, not for {env_id} "
-            f"({env_family(env_id)}); use --preset smoke or paper (ALFWorld's recipe: benchmarks/alfworld_recipe.py)"
+            f"({env_family(env_id)}); use --preset smoke or paper"
         )
     preset = copy.deepcopy(table[env_family(env_id)])
     held_out = _held_out_kwargs(env_id) if preset.family == "generic" else None
