@@ -64,7 +64,7 @@ def test_resume_with_other_settings_stops(tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["aggregation"] == cs.AGGREGATION and meta["steps"] == args.steps
     cs.check_meta(tmp_path, args)  # same settings: fine
-    changed = argparse.Namespace(**{**vars(args), "lr": 1e-3})
+    changed = argparse.Namespace(**{**vars(args), "lr": 2 * args.lr})
     with pytest.raises(SystemExit, match="lr"):
         cs.check_meta(tmp_path, changed)
 
