@@ -1,15 +1,19 @@
 """Credit sandbox learning comparison (issues 9, 17): does step-level credit learn faster than GRPO?
 
 Usage:
-    python benchmarks/credit_sandbox.py                 # the full comparison (ARMS x seeds x warm starts)
+    python benchmarks/credit_sandbox.py --jobs 1        # the full comparison (DEFAULT_ARMS x seeds x warm starts)
     python benchmarks/credit_sandbox.py --quick         # tiny end-to-end check (a few minutes)
     python benchmarks/credit_sandbox.py --arms grpo oracle stepopsd --seeds 0 1 --warm-starts 2
+    python benchmarks/credit_sandbox.py --report-only   # tabulate the runs finished so far
 
 1. Warm starts (cached in ``<out>/warm_start<w>``): a random-init ~0.85M-parameter Qwen3 (init seed
-   ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=0.5,
-   alter) demonstrations of the ``One`` worlds (demo seeds depend on ``w``): the demos navigate
-   perfectly and apply the wrong treatment half the time, so RL starts from mixed success whose only
-   remedy is the decisive step.
+   ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=2/3,
+   alter) demonstrations (demo seeds depend on ``w``) of the ``One`` training worlds and of the
+   held-out evaluation worlds (``--sft-eval-worlds``): the demos navigate perfectly and apply each of
+   the three treatments a third of the time, so the warm start has no preference at the decisive
+   step and the only remedy for its failures there is credit on that step. The object to fetch hides
+   where the agent cannot see it, so navigation needs a seen world; RL never trains on the evaluation
+   worlds and must carry the treatment choice over to them.
 2. RL (``run_training``), every arm of :data:`ARMS` under the same budget, for every (seed, warm
    start) pair; each credit method is wrapped by ``credit_probe.probed`` so the decisive-credit
    share and AUC of its advantages are logged on every training batch. Every ``--eval-every`` RL
@@ -492,6 +496,13 @@ def main(argv: list[str] | None = None) -> None:
     done = sum(len(r) for by_arm in results.values() for r in by_arm.values())
     load1 = os.getloadavg()
     warm_txt = "; ".join(f"{v} w{w} {fmt(r['avg/success']) if r else 'not evaluated'}" for (v, w), r in warm.items())
+    first = [h[0] for by_arm in results.values() for r in by_arm.values() for h in r.values() if h]
+    warm_txt += (
+        "; training rollouts of the warm start (step 1, temperature 1, every run): success "
+        f"{fmt(*mean_sd([h.get('rollout/success', math.nan) for h in first]))}, any treatment "
+        f"{fmt(*mean_sd([h.get('credit/commitment', math.nan) for h in first]))}, right treatment "
+        f"{fmt(*mean_sd([h.get('credit/right_commitment', math.nan) for h in first]))}"
+    )
     header = (
         f"aggregation={AGGREGATION} (fixed up front), steps={args.steps}, eval every {args.eval_every} "
         f"(greedy, {args.eval_tasks} held-out tasks per subset), seeds={args.seeds}, warm starts={args.warm_starts}, "
