@@ -1,15 +1,19 @@
 """Credit sandbox learning comparison (issues 9, 17): does step-level credit learn faster than GRPO?
 
 Usage:
-    python benchmarks/credit_sandbox.py                 # the full comparison (ARMS x seeds x warm starts)
+    python benchmarks/credit_sandbox.py --jobs 1        # the full comparison (DEFAULT_ARMS x seeds x warm starts)
     python benchmarks/credit_sandbox.py --quick         # tiny end-to-end check (a few minutes)
     python benchmarks/credit_sandbox.py --arms grpo oracle stepopsd --seeds 0 1 --warm-starts 2
+    python benchmarks/credit_sandbox.py --report-only   # tabulate the runs finished so far
 
 1. Warm starts (cached in ``<out>/warm_start<w>``): a random-init ~0.85M-parameter Qwen3 (init seed
-   ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=0.5,
-   alter) demonstrations of the ``One`` worlds (demo seeds depend on ``w``): the demos navigate
-   perfectly and apply the wrong treatment half the time, so RL starts from mixed success whose only
-   remedy is the decisive step.
+   ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=2/3,
+   alter) demonstrations (demo seeds depend on ``w``) of the ``One`` training worlds and of the
+   held-out evaluation worlds (``--sft-eval-worlds``): the demos navigate perfectly and apply each of
+   the three treatments a third of the time, so the warm start has no preference at the decisive
+   step and the only remedy for its failures there is credit on that step. The object to fetch hides
+   where the agent cannot see it, so navigation needs a seen world; RL never trains on the evaluation
+   worlds and must carry the treatment choice over to them.
 2. RL (``run_training``), every arm of :data:`ARMS` under the same budget, for every (seed, warm
    start) pair; each credit method is wrapped by ``credit_probe.probed`` so the decisive-credit
    share and AUC of its advantages are logged on every training batch. Every ``--eval-every`` RL
@@ -31,6 +35,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -77,7 +82,13 @@ ARMS: dict[str, Arm] = {
     **{m: Arm(m) for m in ("sdar", "craft", "sgcd", "paw", "atod", "triage", "ucob")},
 }
 """The arms (name -> method and options): issue 17's list, then issue 22's methods. GRPO is the reference of every
-paired difference; ``--arms`` picks a subset (the default runs all)."""
+paired difference; ``--arms`` picks a subset."""
+
+ISSUE17_ARMS = tuple(ARMS)[: list(ARMS).index("stepopsd_shuffled_peer") + 1]
+"""Issue 17's eleven arms (nine methods and settings, two negative controls): the first tier of the run order."""
+ISSUE22_ARMS = ("craft", "sgcd", "paw", "atod", "triage", "ucob")
+"""Issue 22's six methods: the second tier (``sdar``, issue 9's, runs only when ``--arms`` names it)."""
+DEFAULT_ARMS = [*ISSUE17_ARMS, *ISSUE22_ARMS]
 
 QUICK = {
     "steps": 2,
@@ -96,17 +107,12 @@ QUICK = {
 """``--quick``: every stage once with tiny settings (a smoke of the machinery, not a result)."""
 
 
-def tasks_of(num_tasks: int) -> list[str]:
-    from stepgym.envs.sandbox import SUBSETS
-
-    return [f"{s}-train-{k}" for s in SUBSETS for k in range(num_tasks)]
-
-
 def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
-    """Build + SFT warm start ``w`` once (init seed ``w``, demo seeds ``10000 w + k``); returns its folder."""
+    """Build + SFT warm start ``w`` once (init seed ``w``, demo seeds ``10000 w + 1000 i + k``); returns its folder."""
     from stepgym.agents.models import load_model
     from stepgym.agents.sandbox_agents import NoisyExpert
     from stepgym.agents.sandbox_model import build_sandbox_model
+    from stepgym.envs.sandbox import SUBSETS
     from stepgym.trainers.sft import collect_demonstrations, sft_train
 
     folder = out / f"warm_start{w}"
@@ -114,18 +120,23 @@ def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
         return folder
     init = build_sandbox_model(out / f"init{w}", seed=w)
     model, tok = load_model(str(init))
-    kw = {"num_tasks": args.num_tasks, "max_steps": args.max_turns}
-    demos = collect_demonstrations(
-        "stepgym/Sandbox-One-v0",
-        lambda k: NoisyExpert(args.demo_p, "alter", seed=10000 * w + k),
-        tok,
-        tasks_of(args.num_tasks),
-        env_kwargs=kw,
-        group_size=8,
-        layout="concat",
-        max_turns=args.max_turns,
-        seed=10000 * w,
-    )
+    # the RL training worlds, and (``--sft-eval-worlds``) the held-out evaluation worlds: see ``parse_args``
+    # (the evaluation draws its tasks from the first ``max(eval_tasks, num_tasks)`` test worlds: ``train_config``)
+    n_eval = max(args.eval_tasks, args.num_tasks)
+    splits = [("train", args.num_tasks)] + ([("test", n_eval)] if args.sft_eval_worlds else [])
+    demos = []
+    for i, (split, n) in enumerate(splits):
+        demos += collect_demonstrations(
+            "stepgym/Sandbox-One-v0",
+            lambda k, i=i: NoisyExpert(args.demo_p, "alter", seed=10000 * w + 1000 * i + k),
+            tok,
+            [f"{s}-{split}-{k}" for s in SUBSETS for k in range(n)],
+            env_kwargs={"num_tasks": n, "max_steps": args.max_turns, "split": split},
+            group_size=8,
+            layout="concat",
+            max_turns=args.max_turns,
+            seed=10000 * w + 1000 * i,
+        )
     t0 = time.perf_counter()
     torch.manual_seed(w)
     losses = sft_train(
@@ -151,20 +162,17 @@ def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
     return folder
 
 
-def run_one(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
-    """One RL run through ``run_training``; returns its per-step metrics (cached in history.json)."""
-    from stepgym.trainers.config import TrainConfig
-    from stepgym.trainers.credit_probe import probe_rollout, probed
-    from stepgym.trainers.runner import run_training
+def run_dir_of(out: Path, variant: str, arm: str, seed: int, w: int) -> Path:
+    return out / variant / f"w{w}" / arm / f"seed{seed}"
 
-    run_dir = out / variant / f"w{w}" / arm / f"seed{seed}"
-    cached = run_dir / "history.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+
+def train_config(model_dir: Path, variant: str, arm: str, seed: int, args: argparse.Namespace, run_dir: Path):
+    """The ``TrainConfig`` of one RL run (every arm shares everything but ``credit``/``credit_kwargs``)."""
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.credit_probe import probed
+
     spec = ARMS[arm]
-    config = TrainConfig(
+    return TrainConfig(
         model=str(model_dir),
         device="cpu",
         env_id=VARIANT_ENV[variant],
@@ -199,10 +207,57 @@ def run_one(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: ar
         # step) cost 40-45 s per RL step here against ~9 s for GRPO (measured in issue 9)
         teacher={"snapshot_interval": 5, "placement": args.teacher_placement},
     )
+
+
+def run_one(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
+    """One RL run through ``run_training``; returns its per-step metrics (cached in history.json)."""
+    from stepgym.trainers.credit_probe import probe_rollout
+    from stepgym.trainers.runner import run_training
+
+    run_dir = run_dir_of(out, variant, arm, seed, w)
+    cached = run_dir / "history.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = train_config(model_dir, variant, arm, seed, args, run_dir)
     hist = run_training(config, wrap_rollout=probe_rollout).history
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     cached.write_text(json.dumps(hist))
     return hist
+
+
+def warm_eval(model_dir: Path, variant: str, w: int, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """Step 0: the warm start's greedy held-out success on the RL runs' evaluation tasks (cached; same for every arm).
+
+    The comparison says nothing unless this is strictly between 0 and 1 (the policy sometimes succeeds).
+    """
+    from stepgym.agents.models import load_model
+    from stepgym.trainers.runner import eval_task_ids, evaluate_model
+
+    cached = out / variant / f"w{w}" / "warm_eval.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    config = train_config(model_dir, variant, "grpo", 0, args, cached.parent)
+    model, tok = load_model(str(model_dir))
+    model.eval()
+    results, trajs = evaluate_model(config, model, tok, eval_task_ids(config), temperature=0.0, seed=0)
+    res = {f"{k}/success": float(r.success) for k, r in results.items()}
+    res["episodes"] = float(len(trajs))
+    res["avg/success"] = float(np.mean([t.success for t in trajs]))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(res))
+    return res
+
+
+def run_order(variants: list[str], arms: list[str], warm: list[int], seeds: list[int]) -> list[tuple]:
+    """``(variant, arm, seed, warm start)`` runs: issue 17's arms first, then the rest; within a tier pair by pair.
+
+    Pair-major order means a run cut off by the clock leaves complete (warm start, seed) pairs across the arms
+    of a tier (so the paired differences use every finished pair), and every arm sees the same drift in load.
+    """
+    tiers = [[a for a in arms if a in ISSUE17_ARMS], [a for a in arms if a not in ISSUE17_ARMS]]
+    return [(v, a, s, w) for v in variants for tier in tiers for s in seeds for w in warm for a in tier]
 
 
 def _run_timed(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
@@ -324,6 +379,7 @@ SETTINGS = (
     "sft_epochs",
     "teacher_placement",
     "demo_p",
+    "sft_eval_worlds",
 )
 """Settings every run of one ``--out`` folder must share (checked against ``meta.json`` on resume)."""
 
@@ -346,25 +402,43 @@ def check_meta(out: Path, args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny end-to-end run of every stage (overrides the sizes)")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=5, help="RL steps between greedy held-out evaluations")
-    ap.add_argument("--eval-tasks", type=int, default=16, help="held-out tasks per subset (3 subsets), greedy")
+    # the defaults fit issue 17's eleven arms x 6 seeds x 2 warm starts into ~75 min of one core (benchmarks/README.md)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--eval-every", type=int, default=2, help="RL steps between greedy held-out evaluations")
+    ap.add_argument("--eval-tasks", type=int, default=4, help="held-out tasks per subset (3 subsets), greedy")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--warm-starts", type=int, default=2, help="independent warm starts (init + demo seeds)")
     ap.add_argument("--variants", nargs="+", default=["One"], choices=list(VARIANT_ENV))
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--tasks-per-step", type=int, default=6)
+    ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--tasks-per-step", type=int, default=2)
     ap.add_argument("--num-tasks", type=int, default=4, help="training tasks per subset (3 subsets)")
     ap.add_argument("--max-turns", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per RL step")
     ap.add_argument("--invalid-penalty", type=float, default=0.1, help="the env's penalty per invalid step")
-    ap.add_argument("--sft-epochs", type=int, default=60)
+    ap.add_argument("--sft-epochs", type=int, default=20)
     ap.add_argument("--teacher-placement", default="prefix", choices=["prefix", "inline"])
-    ap.add_argument("--demo-p", type=float, default=0.5)
+    ap.add_argument(
+        "--demo-p",
+        type=float,
+        default=2 / 3,
+        help="NoisyExpert's chance of a wrong treatment in the demos; 2/3 = right and each wrong one 1/3, so the "
+        "warm start has no greedy preference among the treatments (with 0.5 greedy picks the right one: ceiling)",
+    )
+    ap.add_argument(
+        "--sft-eval-worlds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the warm start's demos also cover the held-out evaluation worlds (RL never trains on them): the "
+        "object to fetch hides in a receptacle the agent cannot see, so a policy can only navigate a world it has "
+        "seen; what RL must carry over to the evaluation worlds is the decisive choice of treatment",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="RL runs at once (one torch thread each)")
     ap.add_argument("--out", default="runs/credit_sandbox")
+    ap.add_argument(
+        "--report-only", action="store_true", help="only tabulate the runs already finished in --out (no training)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
@@ -387,27 +461,63 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     check_meta(out, args)
     print(f"loss aggregation (fixed before the runs): {AGGREGATION}")
-    t0 = time.perf_counter()
-    model_dirs = {w: warm_start(out, args, w) for w in range(args.warm_starts)}
-    runs = [(v, a, s, w) for v in args.variants for w in model_dirs for a in args.arms for s in args.seeds]
-    # independent runs, ``--jobs`` at a time (one torch thread each): spawned so no torch state is forked
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
-        futs = {ex.submit(_run_timed, model_dirs[w], v, a, s, w, args, out): (v, a, s, w) for v, a, s, w in runs}
-        for i, fut in enumerate(as_completed(futs), 1):
-            v, a, s, w = futs[fut]
-            hist, wall = fut.result()
-            held_out = curve(hist).round(2).tolist()
-            print(f"[{i}/{len(runs)}] {v} {a} warm start {w} seed {s}: {wall:.0f} s, held-out success {held_out}")
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    if args.report_only:  # the finished runs only: never builds, trains or evaluates anything
+        model_dirs = {w: out / f"warm_start{w}" for w in range(args.warm_starts)}
+    else:
+        model_dirs = {w: warm_start(out, args, w) for w in range(args.warm_starts)}
+    runs = run_order(args.variants, args.arms, list(model_dirs), args.seeds)
+    warm = {}
+    for v in args.variants:
+        for w in model_dirs:
+            cached = out / v / f"w{w}" / "warm_eval.json"
+            warm[v, w] = json.loads(cached.read_text()) if args.report_only and cached.is_file() else None
+            if not args.report_only:
+                warm[v, w] = warm_eval(model_dirs[w], v, w, args, out)
+                print(f"{v} warm start {w}: greedy held-out success at step 0 {warm[v, w]['avg/success']:.3f}")
+    if not args.report_only:
+        # independent runs, ``--jobs`` at a time (one torch thread each): spawned so no torch state is forked
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
+            futs = {ex.submit(_run_timed, model_dirs[w], v, a, s, w, args, out): (v, a, s, w) for v, a, s, w in runs}
+            for i, fut in enumerate(as_completed(futs), 1):
+                v, a, s, w = futs[fut]
+                hist, wall = fut.result()
+                held_out = curve(hist).round(2).tolist()
+                print(
+                    f"[{i}/{len(runs)}] {v} {a} warm start {w} seed {s}: {wall:.0f} s, held-out success {held_out}",
+                    flush=True,
+                )
     results: dict = {v: {a: {} for a in args.arms} for v in args.variants}
-    for v, a, s, w in runs:  # from the cached histories
-        results[v][a][(w, s)] = run_one(model_dirs[w], v, a, s, w, args, out)
+    for v, a, s, w in runs:  # from the cached histories (--report-only: those that exist)
+        cached = run_dir_of(out, v, a, s, w) / "history.json"
+        if cached.is_file():
+            results[v][a][(w, s)] = json.loads(cached.read_text())
+    done = sum(len(r) for by_arm in results.values() for r in by_arm.values())
+    load1 = os.getloadavg()
+    warm_txt = "; ".join(f"{v} w{w} {fmt(r['avg/success']) if r else 'not evaluated'}" for (v, w), r in warm.items())
+    first = [h[0] for by_arm in results.values() for r in by_arm.values() for h in r.values() if h]
+    warm_txt += (
+        "; training rollouts of the warm start (step 1, temperature 1, every run): success "
+        f"{fmt(*mean_sd([h.get('rollout/success', math.nan) for h in first]))}, any treatment "
+        f"{fmt(*mean_sd([h.get('credit/commitment', math.nan) for h in first]))}, right treatment "
+        f"{fmt(*mean_sd([h.get('credit/right_commitment', math.nan) for h in first]))}"
+    )
     header = (
         f"aggregation={AGGREGATION} (fixed up front), steps={args.steps}, eval every {args.eval_every} "
         f"(greedy, {args.eval_tasks} held-out tasks per subset), seeds={args.seeds}, warm starts={args.warm_starts}, "
-        f"group_size={args.group_size}, tasks_per_step={args.tasks_per_step}, num_tasks={args.num_tasks}x3, "
-        f"lr={args.lr}, invalid_penalty={args.invalid_penalty}, wall {time.perf_counter() - t0:.0f} s"
+        f"sft_epochs={args.sft_epochs}, group_size={args.group_size}, tasks_per_step={args.tasks_per_step}, "
+        f"num_tasks={args.num_tasks}x3, max_turns={args.max_turns}, lr={args.lr}, mini_batches={args.mini_batches}, "
+        f"invalid_penalty={args.invalid_penalty}, teacher placement {args.teacher_placement}. "
+        f"{done} of {len(runs)} runs finished."
         f"{' (QUICK: a smoke of the machinery, not a result)' if args.quick else ''}\n\n"
+        f"Warm starts, greedy held-out success at step 0: {warm_txt}.\n\n"
+        + (
+            ""
+            if args.report_only
+            else f"Wall {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) {load0[0]:.1f}/{load0[1]:.1f}/"
+            f"{load0[2]:.1f} at the start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the end.\n\n"
+        )
     )
     text = header + report(results, args)
     (out / f"table_{'_'.join(args.variants)}.md").write_text(text)

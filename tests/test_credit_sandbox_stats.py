@@ -64,7 +64,7 @@ def test_resume_with_other_settings_stops(tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["aggregation"] == cs.AGGREGATION and meta["steps"] == args.steps
     cs.check_meta(tmp_path, args)  # same settings: fine
-    changed = argparse.Namespace(**{**vars(args), "lr": 1e-3})
+    changed = argparse.Namespace(**{**vars(args), "lr": 2 * args.lr})
     with pytest.raises(SystemExit, match="lr"):
         cs.check_meta(tmp_path, changed)
 
@@ -91,3 +91,28 @@ def test_quick_keeps_its_own_folder_unless_told():
     assert cs.parse_args(["--quick"]).out == "runs/credit_sandbox_quick"
     assert cs.parse_args(["--quick", "--out", "elsewhere"]).out == "elsewhere"
     assert cs.parse_args([]).out == "runs/credit_sandbox"
+
+
+def test_run_order_is_pair_major_with_the_issue17_arms_first():
+    assert len(cs.ISSUE17_ARMS) == 11 and cs.ISSUE17_ARMS[-2:] == ("stepopsd_nohindsight", "stepopsd_shuffled_peer")
+    assert cs.parse_args([]).arms == [*cs.ISSUE17_ARMS, *cs.ISSUE22_ARMS]  # sdar only when named
+    order = cs.run_order(["One"], ["craft", "grpo", "oracle"], [0, 1], [0, 1])
+    # issue 17's arms first; within a tier every arm of a (seed, warm start) pair before the next pair
+    assert [(a, s, w) for _, a, s, w in order] == [
+        ("grpo", 0, 0), ("oracle", 0, 0), ("grpo", 0, 1), ("oracle", 0, 1),
+        ("grpo", 1, 0), ("oracle", 1, 0), ("grpo", 1, 1), ("oracle", 1, 1),
+        ("craft", 0, 0), ("craft", 0, 1), ("craft", 1, 0), ("craft", 1, 1),
+    ]  # fmt: skip
+
+
+def test_hindsight_probe_contrasts_the_decisive_step_with_the_neutral_ones():
+    import hindsight_probe as hp
+
+    nan = float("nan")
+    gaps = [np.array([0.4, -0.2, 0.2, nan]), np.array([0.1, 0.3]), np.array([0.0, 0.5])]
+    flags = [[False, True, False, False], [True, False], [False, True]]
+    out = hp.contrasts(gaps, flags, [True, True, False])  # the third is not selected
+    assert out["dec"].tolist() == pytest.approx([-0.2, 0.1])
+    assert out["neu"].tolist() == pytest.approx([0.3, 0.3])  # NaN steps (no action tokens) are left out
+    assert out["contrast"].tolist() == pytest.approx([-0.5, -0.2])
+    assert out["lowest"].tolist() == [1.0, 1.0]
