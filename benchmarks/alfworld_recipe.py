@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -187,13 +186,9 @@ def run_sft(args: argparse.Namespace, out: Path, *, epochs: float) -> dict[str, 
     seconds = time.perf_counter() - t0
     tokens = sum(len(s.ids) for d in demos for s in d.sequences) * max(1, int(epochs))
     if epochs >= 1:
-        folder = out / "sft-model"
-        tmp = out / "sft-model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        from stepgym.trainers.recipe import save_model_atomically
+
+        save_model_atomically(model, tok, out / "sft-model")
     return {
         "demos": len(demos),
         "optimizer_steps": len(losses),

@@ -321,6 +321,7 @@ def test_sft_micro_batches_give_the_same_update():
         runs[micro] = (losses, torch.cat([p.detach().flatten() for p in model.parameters()]))
     for micro in (1, 3):
         assert runs[micro][0] == pytest.approx(runs[None][0], rel=1e-5)
-        torch.testing.assert_close(runs[micro][1], runs[None][1], rtol=1e-4, atol=1e-5)
+        # Adam divides by sqrt(v): float summation-order noise on a tiny gradient moves a weight by ~1e-5
+        torch.testing.assert_close(runs[micro][1], runs[None][1], rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="micro_batch_size=0 must be >= 1"):
         sft_train(model, demos, micro_batch_size=0)

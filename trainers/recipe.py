@@ -33,7 +33,15 @@ from typing import Any
 from stepgym.trainers import report as R
 from stepgym.trainers.config import TrainConfig
 
-__all__ = ["STAGES", "RecipeResult", "peak_rss_bytes", "reset_peak_rss", "run_recipe", "sft_stage"]
+__all__ = [
+    "STAGES",
+    "RecipeResult",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "run_recipe",
+    "save_model_atomically",
+    "sft_stage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +130,21 @@ class _Stages:
 
 
 # =========================================================================== SFT
+
+def save_model_atomically(model: Any, tokenizer: Any, folder: str | Path) -> Path:
+    """Save an HF model folder aside and rename it into place; returns ``folder``.
+
+    Written aside, then renamed: a crash never leaves a half-written model that a rerun would trust.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
 def sft_stage(
     config: TrainConfig, model_dir: Path, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
@@ -194,13 +217,7 @@ def sft_stage(
         on_step=(lambda k, loss: on_step(k, total, loss)) if on_step is not None else None,
         micro_batch_size=config.micro_batch_size,  # as RL's update: bounds the memory of one forward/backward
     )
-    # written aside, then renamed: a crash never leaves a half-written model that a rerun would trust
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
+    save_model_atomically(model, tokenizer, model_dir)
     return {
         "demonstrator": demonstrator.description,
         "demos": len(demos),
