@@ -26,7 +26,8 @@ from stepgym.trainers import experiment as X  # noqa: E402
 from stepgym.trainers import report as R  # noqa: E402
 
 QA = "stepgym/SearchQA-v0"
-QA_TRAIN = {"split": "train", "retriever": "bm25", "max_turns": 2, "topk": 2}
+# bm25s (pure Python): no JVM in the pytest process; Lucene BM25 itself is tested in test_searchqa_real.py
+QA_TRAIN = {"split": "train", "retriever": "bm25s", "max_turns": 2, "topk": 2}
 INFO = '<information>Doc 1(Title: "Paris") Paris is the capital and largest city of France.</information>'
 
 
@@ -139,6 +140,7 @@ def _recipe_exp(out: Path) -> X.ExperimentConfig:
             "group_size": 2,
             "sampling": {"max_new_tokens": 48},
             "sft": {"enabled": True, "demo_tasks": 8, "epochs": 1, "batch_size": 4, "lr": 1e-3},
+            "env_kwargs": {"retriever": "bm25s"},  # no JVM in the pytest process (see QA_TRAIN)
         },
     )
 
