@@ -42,40 +42,54 @@ def fmt(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
 
 
-def diagnose(model, tok, variant: str, args: argparse.Namespace) -> dict:
+def scored_demos(
+    model, tok, env_id: str, tasks: list[str], env_kwargs: dict, *, p: float, group_size: int, max_turns: int,
+    seed: int, micro_batch_size: int,
+) -> tuple:
+    """NoisyExpert(p, "alter") episodes of ``tasks`` in the concat layout, their decisive flags, the collated batch
+    and its credit batch with ``logp_old`` scored by ``model`` (the setup this diagnostic and hindsight_probe share).
+    """
     from stepgym.agents.sandbox_agents import NoisyExpert
     from stepgym.distill.diagnostics import decisive_flags
-    from stepgym.envs.sandbox import SUBSETS
     from stepgym.trainers.batch import collate
-    from stepgym.trainers.config import TrainConfig
-    from stepgym.trainers.credit import get_credit
-    from stepgym.trainers.credit_probe import announce, batch_auc, batch_share
-    from stepgym.trainers.runner import make_teacher
     from stepgym.trainers.sft import collect_demonstrations
     from stepgym.trainers.update import compute_logprobs
 
-    env_id = f"stepgym/Sandbox-{variant}-v0"
-    kw = {"num_tasks": args.num_tasks, "max_steps": 40}
-    tasks = [f"{s}-train-{k}" for s in SUBSETS for k in range(args.num_tasks)]
     trajs = collect_demonstrations(
         env_id,
-        lambda k: NoisyExpert(args.p, "alter", seed=1000 + k),
+        lambda k: NoisyExpert(p, "alter", seed=1000 + k),
         tok,
         tasks,
-        env_kwargs=kw,
-        group_size=args.group_size,
+        env_kwargs=env_kwargs,
+        group_size=group_size,
         layout="concat",
-        max_turns=40,
-        seed=args.seed,
+        max_turns=max_turns,
+        seed=seed,
     )
     flags = decisive_flags(trajs)
     batch = collate(trajs, pad_token_id=tok.pad_token_id)
     credit = batch.credit
     with torch.no_grad():
         logp = compute_logprobs(
-            model, batch.input_ids, batch.attention_mask, micro_batch_size=16, score_mask=credit.mask
+            model, batch.input_ids, batch.attention_mask, micro_batch_size=micro_batch_size, score_mask=credit.mask
         )  # [B, L]
-    credit = replace(credit, logp_old=logp * credit.mask)
+    return trajs, flags, batch, replace(credit, logp_old=logp * credit.mask)
+
+
+def diagnose(model, tok, variant: str, args: argparse.Namespace) -> dict:
+    from stepgym.envs.sandbox import SUBSETS
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.credit import get_credit
+    from stepgym.trainers.credit_probe import announce, batch_auc, batch_share
+    from stepgym.trainers.runner import make_teacher
+
+    env_id = f"stepgym/Sandbox-{variant}-v0"
+    kw = {"num_tasks": args.num_tasks, "max_steps": 40}
+    tasks = [f"{s}-train-{k}" for s in SUBSETS for k in range(args.num_tasks)]
+    trajs, flags, batch, credit = scored_demos(
+        model, tok, env_id, tasks, kw, p=args.p, group_size=args.group_size, max_turns=40, seed=args.seed,
+        micro_batch_size=16,
+    )
     config = TrainConfig(model="unused", env_id=env_id, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
         logp_t, target = make_teacher(tok, config)(model, batch, trajs)

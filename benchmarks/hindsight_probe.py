@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
+from credit_diagnostic import scored_demos
 from credit_sandbox import paired_bootstrap
 
 CONDITIONS = {
@@ -88,39 +88,27 @@ def main() -> None:
     args = ap.parse_args()
 
     from stepgym.agents.models import load_model
-    from stepgym.agents.sandbox_agents import NoisyExpert
-    from stepgym.distill.diagnostics import decisive_flags
     from stepgym.envs.sandbox import SUBSETS
-    from stepgym.trainers.batch import collate
     from stepgym.trainers.config import TrainConfig
     from stepgym.trainers.runner import make_teacher
-    from stepgym.trainers.sft import collect_demonstrations
-    from stepgym.trainers.update import compute_logprobs
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
     model.eval()
     env_id = "stepgym/Sandbox-One-v0"
-    trajs = collect_demonstrations(
-        env_id,
-        lambda k: NoisyExpert(args.p, "alter", seed=1000 + k),
+    trajs, flags, batch, credit = scored_demos(
+        model,
         tok,
+        env_id,
         [f"{s}-train-{k}" for s in SUBSETS for k in range(args.num_tasks)],
-        env_kwargs={"num_tasks": args.num_tasks, "max_steps": args.max_turns},
+        {"num_tasks": args.num_tasks, "max_steps": args.max_turns},
+        p=args.p,
         group_size=args.group_size,
-        layout="concat",
         max_turns=args.max_turns,
         seed=args.seed,
+        micro_batch_size=4,
     )
-    flags = decisive_flags(trajs)
-    batch = collate(trajs, pad_token_id=tok.pad_token_id)
-    credit = batch.credit
-    with torch.no_grad():
-        logp = compute_logprobs(
-            model, batch.input_ids, batch.attention_mask, micro_batch_size=4, score_mask=credit.mask
-        )  # [B, L]
-    credit = replace(credit, logp_old=logp * credit.mask)
     groups = {}
     for t in trajs:
         groups.setdefault(t.group_id, []).append(t.success)
