@@ -68,6 +68,8 @@ class Arm:
 ARMS: dict[str, Arm] = {
     "grpo": Arm("grpo", note="baseline: trajectory-constant advantage"),
     "oracle": Arm(f"{CONTROLS}:oracle", note="positive control: the advantage on the decisive action only"),
+    "placebo_step": Arm(f"{CONTROLS}:placebo_step", note="update-size control: the oracle's update on a neutral step"),
+    "no_update": Arm(f"{CONTROLS}:no_update", note="update-size control: advantage 0, no policy gradient"),
     "gigpo": Arm("gigpo"),
     "rlsd": Arm("rlsd"),
     "stepopsd": Arm("stepopsd", note="default: budget on, lam0 0.2, alpha_clip 0.2"),
@@ -85,7 +87,7 @@ ARMS: dict[str, Arm] = {
 paired difference; ``--arms`` picks a subset."""
 
 ISSUE17_ARMS = tuple(ARMS)[: list(ARMS).index("stepopsd_shuffled_peer") + 1]
-"""Issue 17's eleven arms (nine methods and settings, two negative controls): the first tier of the run order."""
+"""Issue 17's thirteen arms (nine methods and settings, two update-size and two negative controls): the first tier."""
 ISSUE22_ARMS = ("craft", "sgcd", "paw", "atod", "triage", "ucob")
 """Issue 22's six methods: the second tier (``sdar``, issue 9's, runs only when ``--arms`` names it)."""
 DEFAULT_ARMS = [*ISSUE17_ARMS, *ISSUE22_ARMS]

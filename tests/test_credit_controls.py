@@ -212,3 +212,49 @@ def test_probed_stepopsd_logs_the_share_before_and_after_the_budget(sandbox_batc
     assert m["share_lift"] == pytest.approx(1.0, abs=1e-4)  # the budget equalises
     assert m["prebudget_share_lift"] == pytest.approx(1.60, abs=0.01)  # the shaping itself moved credit
     assert "prebudget_share_lift" not in get_credit(probed("grpo")).fn(batch).metrics
+
+
+def test_placebo_step_matches_the_oracle_update_size_on_a_neutral_step(sandbox_batch):
+    trajs, flags, batch = sandbox_batch
+    announce(trajs)
+    oracle = get_credit("oracle")(batch).advantages
+    placebo = get_credit("placebo_step")(batch, seed=3).advantages
+    dec = cc.decisive_token_mask(batch, flags)
+    assert placebo[dec].abs().sum() == 0  # never the decisive step
+    # per trajectory: exactly one step carries credit, with the oracle's (trajectory) advantage
+    grpo = get_credit("grpo")(batch).advantages
+    for t in range(batch.num_trajectories):
+        rows = batch.traj_index == t
+        steps_on = {int(k) for k in batch.step_index[rows][placebo[rows] != 0].tolist()}
+        if oracle[rows].abs().sum() > 0:
+            assert len(steps_on) == 1
+            vals = placebo[rows][placebo[rows] != 0]
+            assert torch.allclose(vals, grpo[rows][placebo[rows] != 0])
+        else:
+            assert not steps_on
+    # deterministic for a seed, different draws for another
+    assert torch.equal(placebo, get_credit("placebo_step")(batch, seed=3).advantages)
+    assert not torch.equal(placebo, get_credit("placebo_step")(batch, seed=4).advantages)
+    # the share metric sees it as below chance on the decisive step (all its credit is elsewhere)
+    assert batch_share(batch, placebo, flags)["share_abs"] == 0.0
+
+
+def test_no_update_skips_every_optimizer_step_and_leaves_the_weights(tmp_path):
+    from stepgym.trainers.credit_probe import probe_rollout
+    from stepgym.trainers.runner import build_model, load_checkpoint_model, run_training
+    from trainer_helpers import small_run_config
+
+    cfg = small_run_config(
+        tmp_path,
+        env_id="stepgym/Sandbox-One-v0",
+        env_kwargs={},
+        layout="concat",
+        credit="no_update",
+        sampling={"max_new_tokens": 12},
+        num_envs=2,
+    )
+    before = {n: p.detach().clone() for n, p in build_model(cfg)[0].named_parameters()}
+    result = run_training(cfg, wrap_rollout=probe_rollout)
+    assert all(h["optim/skipped_steps"] == cfg.mini_batches for h in result.history)
+    after = dict(load_checkpoint_model(result.output_dir)[0].named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)

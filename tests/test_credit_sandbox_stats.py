@@ -94,7 +94,11 @@ def test_quick_keeps_its_own_folder_unless_told():
 
 
 def test_run_order_is_pair_major_with_the_issue17_arms_first():
-    assert len(cs.ISSUE17_ARMS) == 11 and cs.ISSUE17_ARMS[-2:] == ("stepopsd_nohindsight", "stepopsd_shuffled_peer")
+    assert (
+        len(cs.ISSUE17_ARMS) == 13
+        and {"placebo_step", "no_update"} < set(cs.ISSUE17_ARMS)
+        and cs.ISSUE17_ARMS[-2:] == ("stepopsd_nohindsight", "stepopsd_shuffled_peer")
+    )
     assert cs.parse_args([]).arms == [*cs.ISSUE17_ARMS, *cs.ISSUE22_ARMS]  # sdar only when named
     order = cs.run_order(["One"], ["craft", "grpo", "oracle"], [0, 1], [0, 1])
     # issue 17's arms first; within a tier every arm of a (seed, warm start) pair before the next pair

@@ -6,6 +6,12 @@
   The decisive flags come from the trajectories (``info["decisive"]``), announced for each batch by
   :func:`stepgym.trainers.credit_probe.probe_rollout` (the credit sandbox runs with it); without an
   announcement the method fails and says how to fix it.
+* ``placebo_step`` (update-size control): the same GRPO advantage as ``oracle``, on the action tokens of one
+  *neutral* step drawn at random in each trajectory that has a decisive one: as many updated steps and the
+  same magnitudes as the oracle, on the wrong step. If the oracle beats GRPO only because it changes the
+  policy less, this arm does as well; if it beats this arm, the step it picks matters.
+* ``no_update`` (update-size control): advantage 0 on every token, so no policy gradient at all (the
+  trainer skips the forward/backward and logs it): what the warm start does without any learning signal.
 * ``stepopsd_nohindsight`` (negative control): StepOPSD with an empty hindsight, so the teacher gap
   ``Delta`` is the snapshot's staleness alone (``teacher.hindsight = ()``; with ``teacher.mode="live"``
   it is exactly 0).
@@ -34,7 +40,14 @@ from stepgym.trainers.credit import CreditBatch, CreditOutput, group_advantages,
 from stepgym.trainers.credit import stepopsd as _stepopsd
 from stepgym.trainers.credit_probe import announced_flags
 
-__all__ = ["decisive_token_mask", "oracle", "scripted_teacher_logprobs"]
+__all__ = [
+    "decisive_token_mask",
+    "no_update",
+    "oracle",
+    "placebo_step",
+    "placebo_step_flags",
+    "scripted_teacher_logprobs",
+]
 
 
 def decisive_token_mask(batch: CreditBatch, flags: Sequence[Sequence[bool]]) -> torch.Tensor:  # [B, L] bool
@@ -72,6 +85,49 @@ def oracle(batch: CreditBatch, *, normalize_std: bool = True, action_only: bool 
         "decisive_token_frac": float(keep[batch.mask > 0].float().mean()) if sel.numel() else 0.0,
     }
     return CreditOutput(adv, metrics=metrics)
+
+
+def placebo_step_flags(flags: Sequence[Sequence[bool]], generator: torch.Generator | None = None) -> list[list[bool]]:
+    """One neutral step per trajectory that has a decisive step (uniformly at random), none elsewhere.
+
+    Trajectories without a decisive step, or whose every step is decisive, get no flagged step (like the oracle,
+    whose advantage is 0 there), so the placebo updates as many steps as the oracle wherever it can.
+    """
+    out = []
+    for f in flags:
+        neutral = [k for k, d in enumerate(f) if not d]
+        pick = neutral[int(torch.randint(len(neutral), (1,), generator=generator))] if any(f) and neutral else -1
+        out.append([k == pick for k in range(len(f))])
+    return out
+
+
+@register_credit("placebo_step")
+def placebo_step(batch: CreditBatch, *, normalize_std: bool = True, seed: int | None = None) -> CreditOutput:
+    """Update-size control: the oracle's advantage on one random *neutral* step's action tokens (issue 17).
+
+    Args:
+        batch: The credit batch; its decisive flags must have been announced (``credit_probe.announce``).
+        normalize_std: GRPO's std normalisation of the outcome advantage (off = Dr.GRPO).
+        seed: Seed of the step draw; ``None`` draws from torch's global generator (seeded by the run's seed).
+    """
+    flags = announced_flags(batch.num_trajectories, "placebo_step")
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    traj_adv = group_advantages(batch.scores, batch.group_index, normalize_std=normalize_std)  # [T]
+    keep = decisive_token_mask(batch, placebo_step_flags(flags, gen)) & (batch.action_mask > 0)  # [B, L]
+    adv = traj_adv[batch.traj_index].unsqueeze(1) * keep.float()  # [B, L]
+    sel = adv[batch.mask > 0]
+    metrics = {
+        "adv_mean": float(sel.mean()) if sel.numel() else 0.0,
+        "adv_std": float(sel.std(unbiased=False)) if sel.numel() else 0.0,
+        "placebo_token_frac": float(keep[batch.mask > 0].float().mean()) if sel.numel() else 0.0,
+    }
+    return CreditOutput(adv, metrics=metrics)
+
+
+@register_credit("no_update")
+def no_update(batch: CreditBatch) -> CreditOutput:
+    """Update-size control: advantage 0 on every token, so the policy gradient is exactly 0 (issue 17)."""
+    return CreditOutput(torch.zeros_like(batch.mask, dtype=torch.float32), metrics={"adv_mean": 0.0, "adv_std": 0.0})
 
 
 def _stepopsd_control(name: str) -> Callable[..., CreditOutput]:
