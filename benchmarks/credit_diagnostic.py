@@ -44,10 +44,11 @@ def fmt(x: float) -> str:
 
 def scored_demos(
     model, tok, env_id: str, tasks: list[str], env_kwargs: dict, *, p: float, group_size: int, max_turns: int,
-    seed: int, micro_batch_size: int,
+    seed: int, micro_batch_size: int, agent_seed: int = 1000,
 ) -> tuple:
     """NoisyExpert(p, "alter") episodes of ``tasks`` in the concat layout, their decisive flags, the collated batch
-    and its credit batch with ``logp_old`` scored by ``model`` (the setup this diagnostic and hindsight_probe share).
+    and its credit batch with ``logp_old`` scored by ``model`` (the setup this diagnostic, hindsight_probe and
+    credit_sandbox's hindsight-teacher diagnostic share). Episode ``k``'s agent is seeded ``agent_seed + k``.
     """
     from stepgym.agents.sandbox_agents import NoisyExpert
     from stepgym.distill.diagnostics import decisive_flags
@@ -57,7 +58,7 @@ def scored_demos(
 
     trajs = collect_demonstrations(
         env_id,
-        lambda k: NoisyExpert(p, "alter", seed=1000 + k),
+        lambda k: NoisyExpert(p, "alter", seed=agent_seed + k),
         tok,
         tasks,
         env_kwargs=env_kwargs,

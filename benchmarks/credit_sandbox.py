@@ -5,6 +5,7 @@ Usage:
     python benchmarks/credit_sandbox.py --quick         # tiny end-to-end check (a few minutes)
     python benchmarks/credit_sandbox.py --arms grpo oracle stepopsd --seeds 0 1 --warm-starts 2
     python benchmarks/credit_sandbox.py --report-only   # tabulate the runs finished so far
+    python benchmarks/credit_sandbox.py --arms grpo stepopsd_hsft stepopsd_hsft_default  # issue 17 2(c)
 
 1. Warm starts (cached in ``<out>/warm_start<w>``): a random-init ~0.85M-parameter Qwen3 (init seed
    ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=2/3,
@@ -23,6 +24,14 @@ Usage:
    GRPO with a **bootstrap CI** over (seed, warm start) pairs (95 %, and Bonferroni-corrected for
    the number of comparisons); the decisive-credit share (``share_pos_excess``: lift over neutral
    steps at the same position; the placebo must sit at 0) and the right-treatment rate.
+
+Issue 17 item 2(c), an informative teacher (``ISSUE17C_ARMS``, only when ``--arms`` names them): a COPY of
+warm start ``w`` SFT'd on hindsight-conditioned NoisyExpert demonstrations of the training worlds
+(:func:`hindsight_teacher`, cached in ``<out>/hindsight_teacher<w>``: every row is the teacher context the
+runs' rescoring builds, hindsight ``outcome + peer`` at ``--teacher-placement``, then a successful trajectory's
+tokens; ``trainers.sft.hindsight_sft_rows``), checked on held-out worlds (:func:`teacher_diagnostic`, the
+log-prob gap on the decisive vs the neutral action tokens, ``diagnostic.json`` in that folder) and used as
+StepOPSD's frozen ``teacher.model``. The student warm start is unchanged.
 
 The loss aggregation is fixed before any run (:data:`AGGREGATION`) and printed; ``<out>/meta.json``
 records every setting, and a resumed run with different settings stops (finished runs are reused
@@ -63,6 +72,8 @@ class Arm:
     credit: str
     kwargs: dict = field(default_factory=dict)
     note: str = ""
+    hsft_teacher: bool = False
+    """The teacher is warm start ``w``'s hindsight-SFT'd copy (:func:`hindsight_teacher`), not the policy's snapshot."""
 
 
 ARMS: dict[str, Arm] = {
@@ -82,14 +93,21 @@ ARMS: dict[str, Arm] = {
     # issue 9's sdar and the related 2026 methods of ALGORITHMS.md §10 (issue 22; [recon], default options;
     # ``triage`` with the oracle judge of the sandbox's commitments, ``atod``/``ucob`` with the hindsight teacher)
     **{m: Arm(m) for m in ("sdar", "craft", "sgcd", "paw", "atod", "triage", "ucob")},
+    # issue 17 item 2(c): StepOPSD taught by the hindsight-SFT'd copy of the warm start (frozen, never refreshed)
+    "stepopsd_hsft": Arm("stepopsd", dict(STRONG), "teacher: hindsight-SFT'd warm start", hsft_teacher=True),
+    "stepopsd_hsft_default": Arm(
+        "stepopsd", note="default options; teacher: hindsight-SFT'd warm start", hsft_teacher=True
+    ),
 }
 """The arms (name -> method and options): issue 17's list, then issue 22's methods. GRPO is the reference of every
 paired difference; ``--arms`` picks a subset."""
 
 ISSUE17_ARMS = tuple(ARMS)[: list(ARMS).index("stepopsd_shuffled_peer") + 1]
 """Issue 17's thirteen arms (nine methods and settings, two update-size and two negative controls): the first tier."""
+ISSUE17C_ARMS = ("stepopsd_hsft", "stepopsd_hsft_default")
+"""Issue 17 item 2(c): StepOPSD with the hindsight-SFT teacher (strong and default options): the second tier."""
 ISSUE22_ARMS = ("craft", "sgcd", "paw", "atod", "triage", "ucob")
-"""Issue 22's six methods: the second tier (``sdar``, issue 9's, runs only when ``--arms`` names it)."""
+"""Issue 22's six methods: the third tier (``sdar``, issue 9's, runs only when ``--arms`` names it)."""
 DEFAULT_ARMS = list(ISSUE17_ARMS)
 """The comparison of issue 17 (its ``Done when``); issue 22's methods join with ``--arms ... craft sgcd paw atod triage
 ucob`` (their tier runs after issue 17's)."""
@@ -107,6 +125,7 @@ QUICK = {
     "num_tasks": 2,
     "max_turns": 8,
     "sft_epochs": 3,
+    "hsft_epochs": 2,
 }
 """``--quick``: every stage once with tiny settings (a smoke of the machinery, not a result)."""
 
@@ -166,6 +185,186 @@ def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
     return folder
 
 
+HSFT_PARTS = ("outcome", "peer")
+"""The hindsight the runs' teacher reads (``TeacherConfig.hindsight``'s default), so the teacher's SFT rows too."""
+HSFT_SETTINGS = ("hsft_epochs", "hsft_lr", "hsft_groups", "teacher_placement", "demo_p", "num_tasks", "max_turns")
+"""Settings a cached hindsight teacher was built with (``hsft.json``; a reuse with others stops)."""
+
+
+def teacher_dir_of(model_dir: Path) -> Path:
+    """``<out>/hindsight_teacher<w>`` for the warm start ``<out>/warm_start<w>``."""
+    name = Path(model_dir).name
+    if not name.startswith("warm_start"):
+        raise ValueError(f"{model_dir} is not a credit-sandbox warm start folder (warm_start<w>): no teacher folder")
+    return Path(model_dir).with_name(name.replace("warm_start", "hindsight_teacher", 1))
+
+
+def hindsight_teacher(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
+    """SFT a copy of warm start ``w`` on hindsight-conditioned demos of the TRAIN worlds once; returns its folder.
+
+    ``NoisyExpert(demo_p, "alter")`` plays ``--hsft-groups`` rounds of 8 episodes per training task (agent seeds
+    ``10000 w + 5000 + 100 r + k``: not the warm start's); each row is the teacher context the runs' rescoring
+    builds (:data:`HSFT_PARTS` at ``--teacher-placement``) and a successful trajectory's tokens, the loss on
+    those agent tokens only (``trainers.sft.hindsight_sft_rows``). Cosine AdamW, ``--hsft-epochs`` at
+    ``--hsft-lr``. Written atomically, with its settings and losses in ``hsft.json``.
+    """
+    from stepgym.agents.models import load_model
+    from stepgym.agents.sandbox_agents import NoisyExpert
+    from stepgym.envs.sandbox import SUBSETS
+    from stepgym.trainers.sft import collect_demonstrations, hindsight_sft_rows, sft_train
+
+    folder = out / f"hindsight_teacher{w}"
+    settings = {k: getattr(args, k) for k in HSFT_SETTINGS}
+    if (folder / "config.json").is_file():
+        old = json.loads((folder / "hsft.json").read_text())["settings"]
+        if old != settings:
+            raise SystemExit(f"{folder} was built with {old}, not {settings}; delete it or use the same settings")
+        return folder
+    student = out / f"warm_start{w}"
+    if not (student / "config.json").is_file():
+        raise FileNotFoundError(f"{student} is missing: the hindsight teacher copies warm start {w}; build it first")
+    model, tok = load_model(str(student))
+    tasks = [f"{s}-train-{k}" for s in SUBSETS for k in range(args.num_tasks)]
+    demos = []
+    for r in range(args.hsft_groups):
+        demos += collect_demonstrations(
+            "stepgym/Sandbox-One-v0",
+            lambda k, r=r: NoisyExpert(args.demo_p, "alter", seed=10000 * w + 5000 + 100 * r + k),
+            tok,
+            tasks,
+            env_kwargs={"num_tasks": args.num_tasks, "max_steps": args.max_turns, "split": "train"},
+            group_size=8,
+            layout="concat",
+            max_turns=args.max_turns,
+            seed=10000 * w + 5000 + 100 * r,
+        )
+    rows = hindsight_sft_rows(demos, tok, parts=HSFT_PARTS, placement=args.teacher_placement)
+    t0 = time.perf_counter()
+    torch.manual_seed(w)
+    losses = sft_train(model, rows, epochs=args.hsft_epochs, lr=args.hsft_lr, batch_size=8, seed=w, schedule="cosine")
+    wall = time.perf_counter() - t0
+    print(
+        f"hindsight teacher {w}: {len(demos)} demos (success {np.mean([d.success for d in demos]):.2f}), "
+        f"{rows.num_rows} rows, {len(losses)} SFT steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {wall:.0f} s"
+    )
+    tmp = out / f"hindsight_teacher{w}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    info = {
+        "settings": settings,
+        "demos": len(demos),
+        "success": float(np.mean([d.success for d in demos])),
+        "rows": rows.num_rows,
+        "losses": losses,
+        "seconds": wall,
+    }
+    (tmp / "hsft.json").write_text(json.dumps(info))
+    tmp.rename(folder)
+    return folder
+
+
+HSFT_CONDITIONS = {
+    "hindsight-SFT teacher, outcome + peer": ("hsft", HSFT_PARTS),
+    "hindsight-SFT teacher, no hindsight (control)": ("hsft", ()),
+    "self (warm start), outcome + peer (the runs' old teacher)": ("self", HSFT_PARTS),
+}
+"""Diagnostic conditions: teacher model and hindsight parts. The controls separate reading the hindsight from
+the SFT's drift (no hindsight) and show the uninformative self-teacher of issue 17's runs."""
+
+
+def teacher_diagnostic(out: Path, args: argparse.Namespace, w: int = 0) -> dict:
+    """Is the hindsight teacher informative? Its log-prob gap on decisive vs neutral action tokens, held out.
+
+    NoisyExpert(``demo_p``) episodes of the held-out evaluation worlds (test split, agent seeds
+    ``10000 w + 9000 + k``: in neither SFT), scored by the student warm start without hindsight and by each
+    :data:`HSFT_CONDITIONS` teacher (``runner.make_teacher``, the runs' placement). Per trajectory (hindsight_probe's
+    ``step_gaps``/``contrasts``): ``Δ`` = teacher minus student log-prob, mean over the decisive step's action
+    tokens and over the neutral steps', and the contrast ``Δ_dec - Δ_neu``, for failed trajectories with a
+    successful peer and for successful ones, mean with a 95 % percentile bootstrap CI over trajectories.
+    Informative: the failed contrast's CI below 0 and the successful one's above. Cached as
+    ``<out>/hindsight_teacher<w>/diagnostic.json``.
+    """
+    from credit_diagnostic import scored_demos
+    from hindsight_probe import contrasts, step_gaps
+    from stepgym.agents.models import load_model
+    from stepgym.envs.sandbox import SUBSETS
+    from stepgym.trainers.config import TrainConfig
+    from stepgym.trainers.runner import make_teacher
+
+    folder = out / f"hindsight_teacher{w}"
+    cached = folder / "diagnostic.json"
+    if cached.is_file():
+        res = json.loads(cached.read_text())
+    else:
+        student, tok = load_model(str(out / f"warm_start{w}"))
+        teacher, _ = load_model(str(folder))
+        student.eval()
+        teacher.eval()
+        n = max(args.eval_tasks, args.num_tasks)
+        env_id = VARIANT_ENV["One"]
+        trajs, flags, batch, credit = scored_demos(
+            student,
+            tok,
+            env_id,
+            [f"{s}-test-{k}" for s in SUBSETS for k in range(n)],
+            {"num_tasks": n, "max_steps": args.max_turns, "split": "test"},
+            p=args.demo_p,
+            group_size=8,
+            max_turns=args.max_turns,
+            seed=10000 * w + 9000,
+            micro_batch_size=16,
+            agent_seed=10000 * w + 9000,
+        )
+        groups: dict[str, list[bool]] = {}
+        for t in trajs:
+            groups.setdefault(t.group_id, []).append(t.success)
+        failed_peer = [not t.success and any(groups[t.group_id]) for t in trajs]
+        succeeded = [bool(t.success) for t in trajs]
+        res = {"episodes": len(trajs), "success": float(np.mean(succeeded)), "conditions": {}}
+        for name, (which, parts) in HSFT_CONDITIONS.items():
+            config = TrainConfig(
+                model="unused",
+                env_id=env_id,
+                pad_token_id=tok.pad_token_id,
+                micro_batch_size=16,
+                teacher={"placement": args.teacher_placement, "hindsight": parts},
+            )
+            with torch.no_grad():
+                logp_t, target = make_teacher(tok, config)(teacher if which == "hsft" else student, batch, trajs)
+            gaps = step_gaps(credit, logp_t, target, len(trajs))
+            row = {}
+            for part, select in (("failed", failed_peer), ("successful", succeeded)):
+                c = contrasts(gaps, flags, select)
+                row[part] = {"n": int(c["dec"].size)}
+                for k in ("dec", "neu", "contrast"):
+                    lo, hi = paired_bootstrap(c[k])
+                    row[part][k] = [float(c[k].mean()) if c[k].size else math.nan, lo, hi]
+            f, s = row["failed"]["contrast"], row["successful"]["contrast"]
+            row["informative"] = bool(f[2] < 0 and s[1] > 0)  # NaN compares False: not shown informative
+            res["conditions"][name] = row
+        cached.write_text(json.dumps(res, indent=1))
+    lines = [
+        f"hindsight teacher {w}, held-out worlds: {res['episodes']} NoisyExpert episodes (success "
+        f"{res['success']:.2f}); Δ = teacher - student log-prob on action tokens, mean [95 % CI] over trajectories",
+        "| condition | n failed / successful | Δ decisive (failed) | Δ neutral (failed) | contrast (failed) | "
+        "contrast (successful) | informative |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(v: list) -> str:
+        return "n/a" if math.isnan(v[0]) else f"{v[0]:+.3f} [{fmt(v[1])}, {fmt(v[2])}]"
+
+    for name, row in res["conditions"].items():
+        fl, sc = row["failed"], row["successful"]
+        lines.append(
+            f"| {name} | {fl['n']} / {sc['n']} | {ci(fl['dec'])} | {ci(fl['neu'])} | {ci(fl['contrast'])} | "
+            f"{ci(sc['contrast'])} | {'yes' if row['informative'] else 'no'} |"
+        )
+    print("\n".join(lines), flush=True)
+    return res
+
+
 def run_dir_of(out: Path, variant: str, arm: str, seed: int, w: int) -> Path:
     return out / variant / f"w{w}" / arm / f"seed{seed}"
 
@@ -176,6 +375,11 @@ def train_config(model_dir: Path, variant: str, arm: str, seed: int, args: argpa
     from stepgym.trainers.credit_probe import probed
 
     spec = ARMS[arm]
+    # hindsight once before the row's first generated token: the inline placement (before every
+    # step) cost 40-45 s per RL step here against ~9 s for GRPO (measured in issue 9)
+    teacher: dict = {"snapshot_interval": 5, "placement": args.teacher_placement}
+    if spec.hsft_teacher:  # a frozen, separate teacher with the same tokenizer (never refreshed)
+        teacher["model"] = str(teacher_dir_of(model_dir))
     return TrainConfig(
         model=str(model_dir),
         device="cpu",
@@ -207,9 +411,7 @@ def train_config(model_dir: Path, variant: str, arm: str, seed: int, args: argpa
             "temperature": 0.0,
             "env_kwargs": {"split": "test", "num_tasks": max(args.eval_tasks, args.num_tasks)},
         },
-        # hindsight once before the row's first generated token: the inline placement (before every
-        # step) cost 40-45 s per RL step here against ~9 s for GRPO (measured in issue 9)
-        teacher={"snapshot_interval": 5, "placement": args.teacher_placement},
+        teacher=teacher,
     )
 
 
@@ -255,13 +457,24 @@ def warm_eval(model_dir: Path, variant: str, w: int, args: argparse.Namespace, o
 
 
 def run_order(variants: list[str], arms: list[str], warm: list[int], seeds: list[int]) -> list[tuple]:
-    """``(variant, arm, seed, warm start)`` runs: issue 17's arms first, then the rest; within a tier pair by pair.
+    """``(variant, arm, seed, warm start)`` runs: issue 17's arms, then 17(c)'s, then the rest; pair by pair in a tier.
 
     Pair-major order means a run cut off by the clock leaves complete (warm start, seed) pairs across the arms
     of a tier (so the paired differences use every finished pair), and every arm sees the same drift in load.
     """
-    tiers = [[a for a in arms if a in ISSUE17_ARMS], [a for a in arms if a not in ISSUE17_ARMS]]
+    first = ISSUE17_ARMS + ISSUE17C_ARMS
+    tiers = [
+        [a for a in arms if a in ISSUE17_ARMS],
+        [a for a in arms if a in ISSUE17C_ARMS],
+        [a for a in arms if a not in first],
+    ]
     return [(v, a, s, w) for v in variants for tier in tiers for s in seeds for w in warm for a in tier]
+
+
+def _teacher_timed(out: Path, args: argparse.Namespace, w: int) -> dict:
+    torch.set_num_threads(1)
+    hindsight_teacher(out, args, w)
+    return teacher_diagnostic(out, args, w)
 
 
 def _run_timed(model_dir: Path, variant: str, arm: str, seed: int, w: int, args: argparse.Namespace, out: Path):
@@ -424,6 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--invalid-penalty", type=float, default=0.1, help="the env's penalty per invalid step")
     ap.add_argument("--sft-epochs", type=int, default=60)
     ap.add_argument("--teacher-placement", default="prefix", choices=["prefix", "inline"])
+    # issue 17 2(c)'s hindsight teacher (only for ISSUE17C_ARMS; recorded in its own hsft.json, not meta.json)
+    ap.add_argument("--hsft-epochs", type=int, default=12, help="hindsight teacher: SFT epochs (cosine)")
+    ap.add_argument("--hsft-lr", type=float, default=1e-3, help="hindsight teacher: SFT learning rate")
+    ap.add_argument(
+        "--hsft-groups", type=int, default=2, help="hindsight teacher: rounds of 8 NoisyExpert episodes per train task"
+    )
     ap.add_argument(
         "--demo-p",
         type=float,
@@ -471,6 +690,12 @@ def main(argv: list[str] | None = None) -> None:
         model_dirs = {w: out / f"warm_start{w}" for w in range(args.warm_starts)}
     else:
         model_dirs = {w: warm_start(out, args, w) for w in range(args.warm_starts)}
+    if not args.report_only and any(ARMS[a].hsft_teacher for a in args.arms):  # built only when an arm needs it
+        # one warm start's teacher per process (``--jobs`` at once, one torch thread each), spawned as the runs are
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(model_dirs))), mp_context=ctx) as ex:
+            for fut in [ex.submit(_teacher_timed, out, args, w) for w in model_dirs]:
+                fut.result()
     runs = run_order(args.variants, args.arms, list(model_dirs), args.seeds)
     warm = {}
     for v in args.variants:

@@ -6,6 +6,11 @@ were produced by a scripted agent through :func:`stepgym.agents.rollout.collect`
 prompts and token boundaries RL will show it. The loss is the token mean of ``-log p(x_l | x_<l)``
 over the rows' ``loss_mask`` tokens (the agent's own text; prompts and observations are context
 only) -- standard behaviour cloning / SFT.
+
+:func:`hindsight_sft_rows` builds the rows of a *hindsight-conditioned* teacher (issue 17, item 2(c)): each
+row is the exact context the teacher rescoring sees (:func:`stepgym.distill.rescore.context_view`: the
+hindsight block at the run's placement) followed by a successful trajectory's tokens, and the loss covers
+only those successful agent tokens, so the teacher learns to act on what the hindsight says.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +26,7 @@ from stepgym.envs.records import Trajectory
 from stepgym.trainers.batch import collate
 from stepgym.trainers.update import token_logprobs
 
-__all__ = ["collect_demonstrations", "sft_loss", "sft_train"]
+__all__ = ["SFTRows", "collect_demonstrations", "hindsight_sft_rows", "sft_loss", "sft_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +47,80 @@ def sft_loss(
     return -(logp * loss_mask).sum() / n.clamp(min=1)
 
 
+@dataclass(frozen=True)
+class SFTRows:
+    """Ready-made SFT rows (right-padded), for data that is not a trajectory's own rows (:func:`hindsight_sft_rows`)."""
+
+    input_ids: torch.Tensor
+    """[B, L] long."""
+    attention_mask: torch.Tensor
+    """[B, L] 1 on real tokens."""
+    loss_mask: torch.Tensor
+    """[B, L] 1 on the tokens the loss covers."""
+    num_rows: int
+
+
+def hindsight_sft_rows(
+    trajectories: Sequence[Trajectory],
+    tokenizer: Any,
+    *,
+    parts: Sequence[str] = ("outcome", "peer"),
+    placement: str = "prefix",
+) -> SFTRows:
+    """Hindsight-conditioned demonstrations: the teacher's context of each trajectory, then a successful one's tokens.
+
+    For every trajectory ``t`` of the batch the hindsight block is exactly the one the teacher rescoring
+    builds for it (``build_hindsight_batch(trajectories, parts)``, rendered with the default template) at
+    ``placement`` (:func:`~stepgym.distill.rescore.context_view`, the rows the rescoring scores). After it:
+
+    * ``t`` succeeded: ``t``'s own rows (hindsight ``final_correctness: correct``);
+    * ``t`` failed: the rows of the successful sibling the ``peer`` hindsight shows (the first successful member
+      of ``t``'s group, as :func:`~stepgym.distill.hindsight.peer_hindsight` picks it): given "incorrect, a peer
+      succeeded like this", the demonstrated continuation is what succeeded. Siblings share the task, so the
+      prompt before the block is the same. A failed trajectory without a successful sibling gives no row.
+
+    The loss mask is the shown rows' ``loss_mask`` (agent tokens), moved to their place after the block: only
+    successful trajectories' agent tokens are ever trained on.
+
+    Raises:
+        ValueError: ``placement="inline"`` (a block before every step has no single row to train on), or no
+            trajectory gives a row.
+    """
+    from stepgym.distill.hindsight import build_hindsight_batch, render_hindsight
+    from stepgym.distill.rescore import context_view
+
+    if placement not in ("prefix", "prompt"):
+        raise ValueError(
+            f"hindsight SFT rows need one hindsight block per row (placement 'prefix' or 'prompt'), got "
+            f"{placement!r}; the inline placement puts a block before every step"
+        )
+    texts = build_hindsight_batch(trajectories, parts)
+    rows, blocks = [], []
+    for traj, text in zip(trajectories, texts):
+        shown = (
+            traj
+            if traj.success
+            else next((o for o in trajectories if o.group_id == traj.group_id and o.success and o is not traj), None)
+        )
+        if shown is None:
+            continue
+        block = render_hindsight(text, tokenizer) or []
+        for seq in shown.sequences:
+            rows.append(seq)
+            blocks.append(block)
+    if not rows:
+        raise ValueError("no successful trajectory (nor a failed one with a successful sibling) to demonstrate")
+    view = context_view(rows, blocks, placement=placement)  # type: ignore[arg-type]
+    loss = torch.zeros(view.input_ids.shape, dtype=torch.float32)  # [B, Lv]
+    for b, row in enumerate(rows):
+        n = len(row.ids)
+        loss[b, view.position[b, :n]] = torch.tensor(row.loss_mask, dtype=torch.float32)
+    return SFTRows(view.input_ids, view.attention_mask, loss, len(rows))
+
+
 def sft_train(
     model: torch.nn.Module,
-    trajectories: Sequence[Trajectory],
+    trajectories: Sequence[Trajectory] | SFTRows,
     *,
     epochs: int = 1,
     lr: float = 1e-3,
@@ -59,7 +136,7 @@ def sft_train(
 
     Args:
         model: A causal LM (trained in place, left in eval mode).
-        trajectories: Demonstrations with token rows (``collect`` output).
+        trajectories: Demonstrations with token rows (``collect`` output), or ready-made :class:`SFTRows`.
         epochs: Passes over the rows (shuffled per epoch by ``seed``).
         lr: AdamW learning rate (constant).
         batch_size: Rows per optimizer step.
@@ -83,8 +160,12 @@ def sft_train(
     micro = min(micro_batch_size or batch_size, batch_size)
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule={schedule!r} is not known; use 'constant' or 'cosine'")
-    batch = collate(trajectories, pad_token_id=pad_token_id)
-    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask  # [B, L] each
+    if isinstance(trajectories, SFTRows):
+        batch = trajectories
+        ids, attn, mask = batch.input_ids, batch.attention_mask, batch.loss_mask  # [B, L] each
+    else:
+        batch = collate(trajectories, pad_token_id=pad_token_id)
+        ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask  # [B, L] each
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     total = epochs * math.ceil(batch.num_rows / batch_size)
