@@ -666,6 +666,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
+            if k == "arms" and args.arms != DEFAULT_ARMS:  # ``--quick --arms ...``: the named arms, tiny sizes
+                continue
             setattr(args, k, v)
         if args.out == ap.get_default("out"):  # never mix the smoke's runs into the comparison's folder
             args.out = "runs/credit_sandbox_quick"
