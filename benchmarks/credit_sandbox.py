@@ -5,7 +5,8 @@ Usage:
     python benchmarks/credit_sandbox.py --quick         # tiny end-to-end check (a few minutes)
     python benchmarks/credit_sandbox.py --arms grpo oracle stepopsd --seeds 0 1 --warm-starts 2
     python benchmarks/credit_sandbox.py --report-only   # tabulate the runs finished so far
-    python benchmarks/credit_sandbox.py --arms grpo stepopsd_hsft stepopsd_hsft_default  # issue 17 2(c)
+    python benchmarks/credit_sandbox.py --hsft-only     # issue 17 2(c): the hindsight teachers and their diagnostic
+    python benchmarks/credit_sandbox.py --arms grpo stepopsd_hsft stepopsd_hsft_default  # ... and their runs
 
 1. Warm starts (cached in ``<out>/warm_start<w>``): a random-init ~0.85M-parameter Qwen3 (init seed
    ``w``) with the sandbox word-level tokenizer, trained by cross-entropy on NoisyExpert(p=2/3,
@@ -641,6 +642,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--hsft-epochs", type=int, default=12, help="hindsight teacher: SFT epochs (cosine)")
     ap.add_argument("--hsft-lr", type=float, default=1e-3, help="hindsight teacher: SFT learning rate")
     ap.add_argument(
+        "--hsft-only",
+        action="store_true",
+        help="only build the warm starts' hindsight teachers and print their diagnostic (look before the runs)",
+    )
+    ap.add_argument(
         "--hsft-groups", type=int, default=2, help="hindsight teacher: rounds of 8 NoisyExpert episodes per train task"
     )
     ap.add_argument(
@@ -671,6 +677,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, k, v)
         if args.out == ap.get_default("out"):  # never mix the smoke's runs into the comparison's folder
             args.out = "runs/credit_sandbox_quick"
+    if args.hsft_only and args.report_only:
+        ap.error("--hsft-only builds the hindsight teachers and --report-only builds nothing: choose one")
     if "grpo" not in args.arms:
         ap.error("--arms must include grpo (the reference of every paired difference)")
     if args.steps % args.eval_every:
@@ -692,12 +700,14 @@ def main(argv: list[str] | None = None) -> None:
         model_dirs = {w: out / f"warm_start{w}" for w in range(args.warm_starts)}
     else:
         model_dirs = {w: warm_start(out, args, w) for w in range(args.warm_starts)}
-    if not args.report_only and any(ARMS[a].hsft_teacher for a in args.arms):  # built only when an arm needs it
+    if args.hsft_only or (not args.report_only and any(ARMS[a].hsft_teacher for a in args.arms)):  # only if needed
         # one warm start's teacher per process (``--jobs`` at once, one torch thread each), spawned as the runs are
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(model_dirs))), mp_context=ctx) as ex:
             for fut in [ex.submit(_teacher_timed, out, args, w) for w in model_dirs]:
                 fut.result()
+        if args.hsft_only:
+            return
     runs = run_order(args.variants, args.arms, list(model_dirs), args.seeds)
     warm = {}
     for v in args.variants:

@@ -94,6 +94,8 @@ def test_hsft_arms_point_at_their_warm_starts_teacher(tmp_path):
         assert default.teacher.model == cfg.teacher.model and default.credit_kwargs == {}
         for arm in ("grpo", "stepopsd", "stepopsd_lam1_clip08"):  # every other arm keeps the policy's snapshot
             assert cs.train_config(model_dir, "One", arm, 0, args, tmp_path / "run").teacher.model is None
+    with pytest.raises(SystemExit):
+        cs.parse_args(["--hsft-only", "--report-only"])
     with pytest.raises(ValueError, match="warm_start"):
         cs.teacher_dir_of(tmp_path / "elsewhere")
     # not in the default comparison; a tier of their own after issue 17's arms, before issue 22's
@@ -122,6 +124,8 @@ def test_quick_teacher_diagnostic_and_one_hsft_run(tmp_path):
     assert abs(ctl["successful"]["neu"][0]) > 1e-4
     hist = cs.run_one(warm, "One", "stepopsd_hsft", 0, 0, args, tmp_path)
     assert len(hist) == args.steps and "eval/avg/success" in hist[-1]
+    cs.main(["--quick", "--out", str(tmp_path), "--hsft-only"])  # the cached teacher and diagnostic, no RL run
+    assert not (tmp_path / "One" / "w0" / "grpo").exists()
     changed = cs.parse_args(["--quick", "--out", str(tmp_path), "--hsft-lr", "0.01"])
     with pytest.raises(SystemExit, match="hsft_lr"):
         cs.hindsight_teacher(tmp_path, changed, 0)
