@@ -186,8 +186,13 @@ def warm_start(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
     return folder
 
 
-HSFT_PARTS = ("outcome", "peer")
-"""The hindsight the runs' teacher reads (``TeacherConfig.hindsight``'s default), so the teacher's SFT rows too."""
+def runs_hindsight() -> tuple[str, ...]:
+    """The hindsight parts the runs' teacher reads (``TeacherConfig.hindsight``'s default: outcome + peer)."""
+    from stepgym.trainers.config import TeacherConfig
+
+    return tuple(TeacherConfig().hindsight)
+
+
 HSFT_SETTINGS = ("hsft_epochs", "hsft_lr", "hsft_groups", "teacher_placement", "demo_p", "num_tasks", "max_turns")
 """Settings a cached hindsight teacher was built with (``hsft.json``; a reuse with others stops)."""
 
@@ -205,7 +210,7 @@ def hindsight_teacher(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
 
     ``NoisyExpert(demo_p, "alter")`` plays ``--hsft-groups`` rounds of 8 episodes per training task (agent seeds
     ``10000 w + 5000 + 100 r + k``: not the warm start's); each row is the teacher context the runs' rescoring
-    builds (:data:`HSFT_PARTS` at ``--teacher-placement``) and a successful trajectory's tokens, the loss on
+    builds (:func:`runs_hindsight` at ``--teacher-placement``) and a successful trajectory's tokens, the loss on
     those agent tokens only (``trainers.sft.hindsight_sft_rows``). Cosine AdamW, ``--hsft-epochs`` at
     ``--hsft-lr``. Written atomically, with its settings and losses in ``hsft.json``.
     """
@@ -239,7 +244,7 @@ def hindsight_teacher(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
             max_turns=args.max_turns,
             seed=10000 * w + 5000 + 100 * r,
         )
-    rows = hindsight_sft_rows(demos, tok, parts=HSFT_PARTS, placement=args.teacher_placement)
+    rows = hindsight_sft_rows(demos, tok, parts=runs_hindsight(), placement=args.teacher_placement)
     t0 = time.perf_counter()
     torch.manual_seed(w)
     losses = sft_train(model, rows, epochs=args.hsft_epochs, lr=args.hsft_lr, batch_size=8, seed=w, schedule="cosine")
@@ -266,12 +271,12 @@ def hindsight_teacher(out: Path, args: argparse.Namespace, w: int = 0) -> Path:
 
 
 HSFT_CONDITIONS = {
-    "hindsight-SFT teacher, outcome + peer": ("hsft", HSFT_PARTS),
-    "hindsight-SFT teacher, no hindsight (control)": ("hsft", ()),
-    "self (warm start), outcome + peer (the runs' old teacher)": ("self", HSFT_PARTS),
+    "hindsight-SFT teacher, outcome + peer": ("hsft", True),
+    "hindsight-SFT teacher, no hindsight (control)": ("hsft", False),
+    "self (warm start), outcome + peer (the runs' old teacher)": ("self", True),
 }
-"""Diagnostic conditions: teacher model and hindsight parts. The controls separate reading the hindsight from
-the SFT's drift (no hindsight) and show the uninformative self-teacher of issue 17's runs."""
+"""Diagnostic conditions: teacher model, and whether it reads the runs' hindsight (:func:`runs_hindsight`). The
+controls separate reading the hindsight from the SFT's drift (no hindsight) and show issue 17's self-teacher."""
 
 
 def teacher_diagnostic(out: Path, args: argparse.Namespace, w: int = 0) -> dict:
@@ -323,13 +328,13 @@ def teacher_diagnostic(out: Path, args: argparse.Namespace, w: int = 0) -> dict:
         failed_peer = [not t.success and any(groups[t.group_id]) for t in trajs]
         succeeded = [bool(t.success) for t in trajs]
         res = {"episodes": len(trajs), "success": float(np.mean(succeeded)), "conditions": {}}
-        for name, (which, parts) in HSFT_CONDITIONS.items():
+        for name, (which, reads) in HSFT_CONDITIONS.items():
             config = TrainConfig(
                 model="unused",
                 env_id=env_id,
                 pad_token_id=tok.pad_token_id,
                 micro_batch_size=16,
-                teacher={"placement": args.teacher_placement, "hindsight": parts},
+                teacher={"placement": args.teacher_placement, "hindsight": runs_hindsight() if reads else ()},
             )
             with torch.no_grad():
                 logp_t, target = make_teacher(tok, config)(teacher if which == "hsft" else student, batch, trajs)
